@@ -1,0 +1,62 @@
+//! The command line (clap derive). Kept in the library so tests can parse
+//! the command lines found in docs and CI examples with the real definition.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dos",
+    version,
+    about = "Move Docker images between machines over any byte stream (usually ssh)",
+    long_about = "Move Docker images between machines over any byte stream (usually ssh).\n\n\
+        `dos push` runs a command (ssh, kubectl exec, sh -c …) that starts `dos pull` on the \
+        far side, and the two talk over that command's stdin/stdout. The far side needs no \
+        registry account and no open port: only permission to run `dos pull IMAGE`.",
+    after_help = "Examples:\n  \
+        dos push app:1 ssh prod dos pull app:1\n  \
+        dos push app:1 -- ssh -p 2222 deploy@prod 'dos pull app:1'\n  \
+        dos push app:1 sh -c 'DOCKER_HOST=unix:///run/other.sock dos pull app:1'"
+)]
+pub struct Cli {
+    /// More log output on stderr (-v: debug, -vv: trace). DOS_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send IMAGE to the dos pull that CMD starts on the far side.
+    #[command(after_help = "Examples:\n  \
+        dos push app:1 ssh prod dos pull app:1\n  \
+        dos push registry.example.com/team/app:2 -- ssh deploy@prod 'dos pull registry.example.com/team/app:2'\n\n\
+        Environment:\n  \
+        DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH   the local daemon, as for the docker CLI\n  \
+        LOCAL_DOCKER_REGISTRY_PORT   use the registry already listening on 127.0.0.1:PORT")]
+    Push(PushArgs),
+    /// Receive an image from a dos push; speaks the protocol on stdin/stdout.
+    #[command(after_help = "Normally started by `dos push` through ssh, e.g. as an ssh forced command:\n  \
+        command=\"dos pull app:1\",restrict ssh-ed25519 AAAA…")]
+    Pull(PullArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The local image to send (name[:tag]).
+    pub image: String,
+    /// The command that starts `dos pull IMAGE` on the far side, with its
+    /// arguments. `--` before it is accepted and optional.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    pub command: Vec<String>,
+    /// Use the registry already listening on 127.0.0.1:PORT instead of
+    /// starting the embedded one.
+    #[arg(long, env = "LOCAL_DOCKER_REGISTRY_PORT", value_name = "PORT")]
+    pub registry_port: Option<u16>,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The image to receive; must match what the pusher offers.
+    pub image: String,
+}

@@ -1,0 +1,190 @@
+//! The Docker daemon, through its API (bollard): connecting the way the
+//! docker CLI does (DOCKER_HOST with unix://, tcp://, and the TLS variables),
+//! and the few image operations dos needs, with errors that name the daemon.
+
+use anyhow::{Context, Result};
+use bollard::auth::DockerCredentials;
+use bollard::models::ImageInspect;
+use bollard::query_parameters::{
+    CreateImageOptionsBuilder, PushImageOptionsBuilder, RemoveImageOptionsBuilder,
+    TagImageOptionsBuilder,
+};
+use bollard::{Docker, API_DEFAULT_VERSION};
+use futures_util::StreamExt;
+use thiserror::Error;
+
+/// Requests may stream for a long time (a large layer over a slow link);
+/// the transfer has its own liveness checks, so the API timeout is generous.
+const API_TIMEOUT_SECS: u64 = 24 * 3600;
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("cannot reach the Docker daemon at DOCKER_HOST={host}: {cause}")]
+    Unreachable { host: String, cause: String },
+    #[error("image {image} not found on the Docker daemon at DOCKER_HOST={host}")]
+    ImageNotFound { image: String, host: String },
+}
+
+/// A connected daemon and where it is.
+#[derive(Clone)]
+pub struct Daemon {
+    pub api: Docker,
+    pub host: String,
+}
+
+/// DOCKER_HOST, or the default socket.
+pub fn docker_host() -> String {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
+}
+
+impl Daemon {
+    /// Connect and check the daemon answers (negotiating the API version, so
+    /// older engines such as 20.10 work).
+    pub async fn connect() -> Result<Daemon> {
+        let host = docker_host();
+        let unreachable = |cause: String| DaemonError::Unreachable {
+            host: host.clone(),
+            cause,
+        };
+        let api = if host.starts_with("unix://") {
+            Docker::connect_with_unix(&host, API_TIMEOUT_SECS, API_DEFAULT_VERSION)
+        } else if host.starts_with("tcp://") || host.starts_with("http://") || host.starts_with("https://") {
+            if tls_wanted(&host) {
+                let dir = cert_dir().map_err(|e| unreachable(e.to_string()))?;
+                Docker::connect_with_ssl(
+                    &host,
+                    &dir.join("key.pem"),
+                    &dir.join("cert.pem"),
+                    &dir.join("ca.pem"),
+                    API_TIMEOUT_SECS,
+                    API_DEFAULT_VERSION,
+                )
+            } else {
+                Docker::connect_with_http(&host, API_TIMEOUT_SECS, API_DEFAULT_VERSION)
+            }
+        } else {
+            return Err(unreachable(
+                "unsupported scheme (dos speaks unix://, tcp:// and https://; for ssh:// use dos's own transport)".into(),
+            )
+            .into());
+        }
+        .map_err(|e| unreachable(e.to_string()))?;
+        let api = api
+            .negotiate_version()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(Daemon { api, host })
+    }
+
+    /// Inspect an image, turning 404 into [`DaemonError::ImageNotFound`].
+    pub async fn inspect(&self, image: &str) -> Result<ImageInspect> {
+        match self.api.inspect_image(image).await {
+            Ok(i) => Ok(i),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(DaemonError::ImageNotFound {
+                image: image.to_string(),
+                host: self.host.clone(),
+            }
+            .into()),
+            Err(e) => Err(e).with_context(|| format!("inspecting image {image}")),
+        }
+    }
+
+    pub async fn tag(&self, image: &str, repo: &str, tag: &str) -> Result<()> {
+        let opts = TagImageOptionsBuilder::default().repo(repo).tag(tag).build();
+        self.api
+            .tag_image(image, Some(opts))
+            .await
+            .with_context(|| format!("tagging {image} as {repo}:{tag}"))
+    }
+
+    /// Remove one name (tag or digest reference), never the layers it shares.
+    /// A name already gone is fine.
+    pub async fn untag(&self, name: &str) -> Result<()> {
+        let opts = RemoveImageOptionsBuilder::default().noprune(true).build();
+        match self.api.remove_image(name, Some(opts), None).await {
+            Ok(_) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing the temporary name {name}")),
+        }
+    }
+
+    /// Remove every tag and digest reference of `image_id` under `repo_prefix`
+    /// (e.g. `127.0.0.1:41234/`): the traces a registry round trip leaves.
+    pub async fn untag_all_under(&self, image_id: &str, repo_prefix: &str) -> Result<()> {
+        let Ok(info) = self.api.inspect_image(image_id).await else {
+            return Ok(());
+        };
+        let names = info
+            .repo_tags
+            .unwrap_or_default()
+            .into_iter()
+            .chain(info.repo_digests.unwrap_or_default())
+            .filter(|n| n.starts_with(repo_prefix));
+        for n in names {
+            self.untag(&n).await?;
+        }
+        Ok(())
+    }
+
+    /// `docker push NAME:TAG` with credentials in X-Registry-Auth.
+    pub async fn push(&self, name: &str, tag: &str, creds: DockerCredentials) -> Result<()> {
+        let opts = PushImageOptionsBuilder::default().tag(tag).build();
+        let mut s = self.api.push_image(name, Some(opts), Some(creds));
+        while let Some(item) = s.next().await {
+            let info = item.with_context(|| format!("pushing {name}:{tag}"))?;
+            if let Some(status) = &info.status {
+                tracing::trace!("push: {status}");
+            }
+        }
+        Ok(())
+    }
+
+    /// `docker pull NAME:TAG` with credentials in X-Registry-Auth.
+    pub async fn pull(&self, name: &str, tag: &str, creds: DockerCredentials) -> Result<()> {
+        let opts = CreateImageOptionsBuilder::default()
+            .from_image(name)
+            .tag(tag)
+            .build();
+        let mut s = self.api.create_image(Some(opts), None, Some(creds));
+        while let Some(item) = s.next().await {
+            let info = item.map_err(|e| match e {
+                bollard::errors::Error::DockerStreamError { error } => anyhow::anyhow!(error),
+                bollard::errors::Error::DockerResponseServerError { message, .. } => {
+                    anyhow::anyhow!(message)
+                }
+                other => anyhow::anyhow!(other),
+            })
+            .with_context(|| format!("docker pull {name}:{tag} failed"))?;
+            if let (Some(status), Some(id)) = (&info.status, &info.id) {
+                if status == "Pull complete" || status == "Already exists" {
+                    tracing::debug!("{id}: {status}");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn tls_wanted(host: &str) -> bool {
+    host.starts_with("https://")
+        || std::env::var("DOCKER_TLS_VERIFY")
+            .map(|v| !v.is_empty() && v != "0")
+            .unwrap_or(false)
+}
+
+fn cert_dir() -> Result<std::path::PathBuf> {
+    if let Ok(p) = std::env::var("DOCKER_CERT_PATH") {
+        if !p.is_empty() {
+            return Ok(p.into());
+        }
+    }
+    let home = std::env::var("HOME").context("DOCKER_TLS_VERIFY is set but neither DOCKER_CERT_PATH nor HOME is")?;
+    Ok(std::path::Path::new(&home).join(".docker"))
+}

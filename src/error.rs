@@ -1,0 +1,67 @@
+//! Errors a user acts on, and the exit code each maps to.
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0    | the image is on the far daemon |
+//! | 1    | any other failure |
+//! | 2    | bad command line (clap) |
+//! | 3    | local Docker: daemon unreachable, image not found |
+//! | 4    | transport: command not found, far side not speaking dos, version mismatch, connection lost |
+//! | 5    | the far side refused or failed (e.g. its docker pull) |
+//! | 130  | interrupted (Ctrl-C, SIGTERM) |
+
+use thiserror::Error;
+
+use crate::docker::DaemonError;
+use crate::protocol::handshake::HandshakeError;
+
+/// Failures involving the transport command or the far dos.
+#[derive(Debug, Error)]
+pub enum PeerError {
+    #[error("cannot start the transport command {program:?}: {cause}")]
+    CommandNotFound { program: String, cause: String },
+    #[error("the far side did not speak dos: {detail}{}", shown(printed))]
+    NotDos { detail: String, printed: String },
+    #[error("{0}")]
+    Handshake(HandshakeError),
+    #[error("the far side refused: {0}")]
+    Refused(String),
+    #[error("the far side failed: {0}")]
+    FarFailure(String),
+    #[error("the connection to the far side was lost: {detail}{}", shown(printed))]
+    ConnectionLost { detail: String, printed: String },
+}
+
+#[derive(Debug, Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+fn shown(printed: &str) -> String {
+    if printed.trim().is_empty() {
+        String::new()
+    } else {
+        format!("\n--- the far side printed ---\n{}", printed.trim_end())
+    }
+}
+
+/// The process exit code for an error chain.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    for cause in err.chain() {
+        if cause.is::<Interrupted>() {
+            return 130;
+        }
+        if cause.is::<DaemonError>() {
+            return 3;
+        }
+        if let Some(p) = cause.downcast_ref::<PeerError>() {
+            return match p {
+                PeerError::Refused(_) | PeerError::FarFailure(_) => 5,
+                _ => 4,
+            };
+        }
+        if cause.is::<HandshakeError>() {
+            return 4;
+        }
+    }
+    1
+}

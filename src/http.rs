@@ -1,0 +1,73 @@
+//! Small HTTP plumbing shared by the registry and the relay gate (hyper 1).
+
+use std::convert::Infallible;
+use std::future::Future;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Response body used everywhere: any stream of bytes.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|e: Infallible| match e {}).boxed()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|e: Infallible| match e {}).boxed()
+}
+
+/// Serve one connection (a socket or an in-memory stream) with `handler`.
+pub async fn serve_io<I, F, Fut>(io: I, handler: F)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let h = handler.clone();
+        async move { Ok::<_, Infallible>(h(req).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await
+    {
+        tracing::debug!("http connection ended: {e}");
+    }
+}
+
+/// Accept connections until `stop` is cancelled.
+pub fn serve_listener<F, Fut>(listener: TcpListener, stop: CancellationToken, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let conn = tokio::select! {
+                c = listener.accept() => c,
+                _ = stop.cancelled() => return,
+            };
+            match conn {
+                Ok((sock, _)) => {
+                    let _ = sock.set_nodelay(true);
+                    let h = handler.clone();
+                    let stop = stop.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = serve_io(sock, h) => {}
+                            _ = stop.cancelled() => {}
+                        }
+                    });
+                }
+                Err(e) => tracing::debug!("accept failed: {e}"),
+            }
+        }
+    });
+}

@@ -1,0 +1,31 @@
+//! dos: move Docker images between machines over any byte stream.
+//!
+//! Module map, from the wire up:
+//! - [`protocol`]: the handshake, frames and control messages.
+//! - [`mux`]: many flow-controlled streams over one byte stream.
+//! - [`transport`]: the user's command (ssh …) whose stdio carries the protocol.
+//! - [`registry`]: the embedded OCI registry (paths, storage, HTTP).
+//! - [`gate`]: what a relay stream may ask of the registry, checked on the pushing side.
+//! - [`docker`]: the Docker daemon API (bollard), connected like the docker CLI.
+//! - [`push`] / [`pull`]: the two commands.
+//! - [`reference`], [`auth`], [`http`], [`progress`], [`signal`], [`error`]: support.
+//! - [`cli`]: the command-line definition.
+//!
+//! Nothing in this library prints to stdout: on the far side stdout is the
+//! protocol. Logs and progress go to stderr.
+
+pub mod auth;
+pub mod cli;
+pub mod docker;
+pub mod error;
+pub mod gate;
+pub mod http;
+pub mod mux;
+pub mod progress;
+pub mod protocol;
+pub mod pull;
+pub mod push;
+pub mod reference;
+pub mod registry;
+pub mod signal;
+pub mod transport;

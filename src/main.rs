@@ -1,0 +1,57 @@
+use clap::Parser;
+use dos::cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    let default = match cli.verbose {
+        0 => "dos=info",
+        1 => "dos=debug",
+        _ => "dos=trace",
+    };
+    // Plain lines by default (they end up in CI logs); levels with -v.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .with_level(cli.verbose > 0)
+        .without_time()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DOS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .init();
+    let rt = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Push(a) => dos::push::push(dos::push::PushOptions {
+                image: a.image,
+                command: strip_dashdash(a.command),
+                registry_port: a.registry_port,
+            })
+            .await
+            .map(|r| {
+                tracing::info!(
+                    "dos: {} is on the far daemon ({} bytes sent, {} received, {:.1}s)",
+                    r.image_id,
+                    r.wire_out,
+                    r.wire_in,
+                    r.elapsed.as_secs_f64()
+                )
+            }),
+            Command::Pull(a) => dos::pull::pull(dos::pull::PullOptions { image: a.image }).await,
+        }
+    });
+    // Don't wait for stray tasks (a stuck stdin read) at exit.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    if let Err(e) = result {
+        eprintln!("dos: error: {e:#}");
+        std::process::exit(dos::error::exit_code(&e));
+    }
+}
+
+fn strip_dashdash(mut v: Vec<String>) -> Vec<String> {
+    if v.first().map(String::as_str) == Some("--") {
+        v.remove(0);
+    }
+    v
+}

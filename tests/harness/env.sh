@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# The test environment: real Docker daemons and a real sshd, started from
+# nothing and stopped after. Needs root (it makes a network namespace).
+#
+#   env.sh up DIR     start everything; writes DIR/env (variables for the tests)
+#   env.sh down DIR   stop everything and remove DIR
+#
+# What it starts:
+#   local   dockerd in this network namespace            DIR/local.sock
+#   peer    dockerd in this network namespace            DIR/peer.sock   (for `sh -c` transports)
+#   remote  a second host: network namespace with its own loopback, a veth link
+#           to this one, sshd on REMOTE_IP:22, and its own dockerd  DIR/remote.sock
+set -euo pipefail
+
+need_pkgs() {
+  local missing=()
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  command -v sshd >/dev/null || [[ -x /usr/sbin/sshd ]] || missing+=(openssh-server)
+  dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+  command -v skopeo >/dev/null || missing+=(skopeo)
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v docker-registry >/dev/null || [[ -x /usr/bin/docker-registry ]] || missing+=(docker-registry)
+  command -v zstd >/dev/null || missing+=(zstd)
+  command -v python3 >/dev/null || missing+=(python3)
+  if ((${#missing[@]})); then
+    echo "env.sh: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+
+wait_daemon() {
+  local sock=$1 log=$2
+  for _ in $(seq 300); do
+    DOCKER_HOST=unix://$sock docker version >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "env.sh: dockerd at $sock did not start; its log:" >&2
+  tail -n 30 "$log" >&2
+  return 1
+}
+
+start_dockerd() {  # NAME [NETNS]
+  local name=$1 ns=${2:-}
+  local pre=()
+  [[ -n $ns ]] && pre=(nsenter --net=/run/netns/$ns)
+  "${pre[@]}" dockerd --data-root "$DIR/$name" --exec-root "$DIR/${name}x" \
+    -H "unix://$DIR/$name.sock" --pidfile "$DIR/$name.pid" \
+    --bridge=none --iptables=false --ip-masq=false \
+    --containerd-namespace "dos-$name" --containerd-plugins-namespace "dos-$name-p" \
+    >"$DIR/$name.log" 2>&1 &
+}
+
+up() {
+  need_pkgs
+  mkdir -p "$DIR"
+  DIR=$(cd "$DIR" && pwd)
+  local id; id=$(printf '%s' "$DIR" | cksum | cut -c1-6)
+  local ns="dost$id" lif="dosl$id" rif="dosr$id"
+  local net=$((id % 200 + 20))
+  local lip="10.251.$net.1" rip="10.251.$net.2"
+  echo "$ns $lif" >"$DIR/netns"
+
+  ip netns add "$ns"
+  ip link add "$lif" type veth peer name "$rif"
+  ip link set "$rif" netns "$ns"
+  ip addr add "$lip/24" dev "$lif"; ip link set "$lif" up
+  ip netns exec "$ns" ip addr add "$rip/24" dev "$rif"
+  ip netns exec "$ns" ip link set "$rif" up
+  ip netns exec "$ns" ip link set lo up
+
+  start_dockerd local
+  start_dockerd peer
+  start_dockerd remote "$ns"
+
+  # sshd on the remote host, key-only, with the dos under test on PATH.
+  ssh-keygen -q -t ed25519 -N '' -f "$DIR/id" -C dos-test
+  ssh-keygen -q -t ed25519 -N '' -f "$DIR/hostkey" -C dos-test-host
+  cp "$DIR/id.pub" "$DIR/authorized_keys"; chmod 600 "$DIR/authorized_keys"
+  mkdir -p /run/sshd
+  cat >"$DIR/sshd_config" <<CFG
+ListenAddress $rip
+Port 22
+HostKey $DIR/hostkey
+AuthorizedKeysFile $DIR/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+StrictModes no
+UsePAM no
+PidFile $DIR/sshd.pid
+SetEnv DOCKER_HOST=unix://$DIR/remote.sock PATH=$BIN_DIR:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+CFG
+  nsenter --net=/run/netns/"$ns" /usr/sbin/sshd -f "$DIR/sshd_config" -E "$DIR/sshd.log"
+  echo "$rip $(cat "$DIR/hostkey.pub")" >"$DIR/known_hosts"
+  cat >"$DIR/ssh_config" <<CFG
+Host remote
+  HostName $rip
+  User root
+  IdentityFile $DIR/id
+  IdentitiesOnly yes
+  UserKnownHostsFile $DIR/known_hosts
+  StrictHostKeyChecking yes
+  BatchMode yes
+  LogLevel ERROR
+CFG
+
+  wait_daemon "$DIR/local.sock" "$DIR/local.log"
+  wait_daemon "$DIR/peer.sock" "$DIR/peer.log"
+  wait_daemon "$DIR/remote.sock" "$DIR/remote.log"
+  for _ in $(seq 100); do
+    ssh -F "$DIR/ssh_config" remote true 2>/dev/null && break
+    sleep 0.1
+  done
+  ssh -F "$DIR/ssh_config" remote true
+
+  cat >"$DIR/env" <<ENV
+export DOS_TEST_DIR=$DIR
+export DOS_TEST_LOCAL=unix://$DIR/local.sock
+export DOS_TEST_PEER=unix://$DIR/peer.sock
+export DOS_TEST_REMOTE=unix://$DIR/remote.sock
+export DOS_TEST_SSH_CONFIG=$DIR/ssh_config
+export DOS_TEST_NETNS=$ns
+export DOS_TEST_LINK=$lif
+export DOS_TEST_BUSYBOX=/bin/busybox
+ENV
+  echo "env.sh: up in $DIR" >&2
+}
+
+down() {
+  [[ -d $DIR ]] || return 0
+  for p in sshd local peer remote; do
+    [[ -f $DIR/$p.pid ]] && kill "$(cat "$DIR/$p.pid")" 2>/dev/null || true
+  done
+  for p in local peer remote; do
+    local pid; pid=$(cat "$DIR/$p.pid" 2>/dev/null || true)
+    [[ -n $pid ]] || continue
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  if [[ -f $DIR/netns ]]; then
+    read -r ns lif <"$DIR/netns"
+    ip link del "$lif" 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+  fi
+  # Daemons leave mounts under their data roots.
+  grep " $DIR/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+  rm -rf "$DIR"
+}
+
+cmd=${1:?usage: env.sh up|down DIR}
+DIR=${2:?usage: env.sh up|down DIR}
+BIN_DIR=${BIN_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/target/debug}
+"$cmd"
