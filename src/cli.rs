@@ -36,8 +36,10 @@ pub enum Command {
         LOCAL_DOCKER_REGISTRY_PORT   use the registry already listening on 127.0.0.1:PORT")]
     Push(PushArgs),
     /// Receive an image from a dos push; speaks the protocol on stdin/stdout.
-    #[command(after_help = "Normally started by `dos push` through ssh, e.g. as an ssh forced command:\n  \
-        command=\"dos pull app:1\",restrict ssh-ed25519 AAAA…")]
+    #[command(
+        after_help = "Normally started by `dos push` through ssh, e.g. as an ssh forced command:\n  \
+        command=\"dos pull app:1\",restrict ssh-ed25519 AAAA…"
+    )]
     Pull(PullArgs),
 }
 
@@ -47,7 +49,12 @@ pub struct PushArgs {
     pub image: String,
     /// The command that starts `dos pull IMAGE` on the far side, with its
     /// arguments. `--` before it is accepted and optional.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<String>,
     /// Use the registry already listening on 127.0.0.1:PORT instead of
     /// starting the embedded one.

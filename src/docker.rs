@@ -44,7 +44,12 @@ impl Daemon {
     /// Connect and check the daemon answers (negotiating the API version, so
     /// older engines such as 20.10 work).
     pub async fn connect() -> Result<Daemon> {
-        let host = docker_host();
+        Daemon::connect_to(&docker_host()).await
+    }
+
+    /// Connect to the daemon at `host` (a DOCKER_HOST value).
+    pub async fn connect_to(host: &str) -> Result<Daemon> {
+        let host = host.to_string();
         let unreachable = |cause: String| DaemonError::Unreachable {
             host: host.clone(),
             cause,
@@ -95,7 +100,10 @@ impl Daemon {
     }
 
     pub async fn tag(&self, image: &str, repo: &str, tag: &str) -> Result<()> {
-        let opts = TagImageOptionsBuilder::default().repo(repo).tag(tag).build();
+        let opts = TagImageOptionsBuilder::default()
+            .repo(repo)
+            .tag(tag)
+            .build();
         self.api
             .tag_image(image, Some(opts))
             .await
@@ -154,14 +162,16 @@ impl Daemon {
             .build();
         let mut s = self.api.create_image(Some(opts), None, Some(creds));
         while let Some(item) = s.next().await {
-            let info = item.map_err(|e| match e {
-                bollard::errors::Error::DockerStreamError { error } => anyhow::anyhow!(error),
-                bollard::errors::Error::DockerResponseServerError { message, .. } => {
-                    anyhow::anyhow!(message)
-                }
-                other => anyhow::anyhow!(other),
-            })
-            .with_context(|| format!("docker pull {name}:{tag} failed"))?;
+            let info = item
+                .map_err(|e| match e {
+                    bollard::errors::Error::DockerStreamError { error } => anyhow::anyhow!(error),
+                    bollard::errors::Error::DockerResponseServerError { message, .. } => {
+                        anyhow::anyhow!(message)
+                    }
+                    other => anyhow::anyhow!(other),
+                })
+                .map_err(|e| hint_unreachable_relay(e, name))
+                .with_context(|| format!("docker pull {} failed", join_ref(name, tag)))?;
             if let (Some(status), Some(id)) = (&info.status, &info.id) {
                 if status == "Pull complete" || status == "Already exists" {
                     tracing::debug!("{id}: {status}");
@@ -169,6 +179,31 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+}
+
+/// `repo:tag` or `repo@sha256:…`.
+pub fn join_ref(repo: &str, tag_or_digest: &str) -> String {
+    if tag_or_digest.contains(':') {
+        format!("{repo}@{tag_or_digest}")
+    } else {
+        format!("{repo}:{tag_or_digest}")
+    }
+}
+
+/// A daemon that can't connect to a 127.0.0.1 relay is not on this machine's
+/// loopback: say so, since the raw message doesn't.
+fn hint_unreachable_relay(e: anyhow::Error, name: &str) -> anyhow::Error {
+    let msg = e.to_string();
+    if name.starts_with("127.0.0.1:") && msg.contains("connection refused") {
+        e.context(format!(
+            "the Docker daemon at DOCKER_HOST={} cannot reach this machine's loopback \
+             (it runs on another host or in another network namespace); run dos pull \
+             where that daemon runs",
+            docker_host()
+        ))
+    } else {
+        e
     }
 }
 
@@ -185,6 +220,7 @@ fn cert_dir() -> Result<std::path::PathBuf> {
             return Ok(p.into());
         }
     }
-    let home = std::env::var("HOME").context("DOCKER_TLS_VERIFY is set but neither DOCKER_CERT_PATH nor HOME is")?;
+    let home = std::env::var("HOME")
+        .context("DOCKER_TLS_VERIFY is set but neither DOCKER_CERT_PATH nor HOME is")?;
     Ok(std::path::Path::new(&home).join(".docker"))
 }

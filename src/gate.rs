@@ -80,7 +80,11 @@ impl Gate {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("relay: forwarding to the registry failed: {e:#}");
-                error(StatusCode::BAD_GATEWAY, "UNAVAILABLE", "registry unreachable")
+                error(
+                    StatusCode::BAD_GATEWAY,
+                    "UNAVAILABLE",
+                    "registry unreachable",
+                )
             }
         }
     }

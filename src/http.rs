@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
 pub fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|e: Infallible| match e {}).boxed()
+    Full::new(b.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed()
 }
 
 pub fn empty() -> Body {

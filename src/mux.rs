@@ -430,9 +430,7 @@ async fn pump_up<R: AsyncRead + Unpin>(
         };
         match n {
             Ok(0) => {
-                shared
-                    .send(Frame::new(Kind::Close, id, Bytes::new()))
-                    .await;
+                shared.send(Frame::new(Kind::Close, id, Bytes::new())).await;
                 return;
             }
             Ok(n) => {
@@ -444,7 +442,11 @@ async fn pump_up<R: AsyncRead + Unpin>(
                     Err(_) => return,
                 }
                 shared
-                    .send(Frame::new(Kind::Data, id, Bytes::copy_from_slice(&buf[..n])))
+                    .send(Frame::new(
+                        Kind::Data,
+                        id,
+                        Bytes::copy_from_slice(&buf[..n]),
+                    ))
                     .await;
             }
             Err(e) => {

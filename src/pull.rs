@@ -62,7 +62,9 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
 /// Check the offer, run the pull, and return the resulting image ID.
 async fn serve(mux: &Mux, wanted: &ImageRef, wanted_str: &str, peer: Hello) -> Result<String> {
     if peer.role != Role::Push {
-        bail!(PeerError::Refused("the other side is not a dos push".into()));
+        bail!(PeerError::Refused(
+            "the other side is not a dos push".into()
+        ));
     }
     let offered = ImageRef::parse(&peer.image).map_err(|e| PeerError::Refused(e.to_string()))?;
     if !offered.same_as(wanted) {
@@ -106,7 +108,9 @@ async fn serve(mux: &Mux, wanted: &ImageRef, wanted_str: &str, peer: Hello) -> R
     acceptor.abort();
     let finished = async {
         pulled?;
-        let got = daemon.inspect(&format!("{source}@{}", offer.manifest)).await?;
+        let got = daemon
+            .inspect(&format!("{source}@{}", offer.manifest))
+            .await?;
         let id = got.id.context("the daemon reported no image ID")?;
         if id != offer.image_id {
             bail!(PeerError::FarFailure(format!(
@@ -122,7 +126,10 @@ async fn serve(mux: &Mux, wanted: &ImageRef, wanted_str: &str, peer: Hello) -> R
     .await;
     // Remove the relay's names (a digest reference under 127.0.0.1:PORT)
     // whether or not the pull worked.
-    if let Err(e) = daemon.untag_all_under(&offer.image_id, &format!("{addr}/")).await {
+    if let Err(e) = daemon
+        .untag_all_under(&offer.image_id, &format!("{addr}/"))
+        .await
+    {
         tracing::warn!("{e:#}");
     }
     finished
@@ -135,6 +142,8 @@ fn check_offer(o: &Offer) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(anyhow!(PeerError::Refused("the pusher's offer is malformed".into())))
+        Err(anyhow!(PeerError::Refused(
+            "the pusher's offer is malformed".into()
+        )))
     }
 }

@@ -12,7 +12,7 @@ use crate::error::PeerError;
 use crate::gate::Gate;
 use crate::mux::{self, Event, Side};
 use crate::progress::Progress;
-use crate::protocol::handshake::{self, Hello, HandshakeError, Offer, Role};
+use crate::protocol::handshake::{self, HandshakeError, Hello, Offer, Role};
 use crate::protocol::message::Message;
 use crate::reference::ImageRef;
 use crate::registry::Registry;
@@ -52,7 +52,10 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
         Some(port) => (format!("127.0.0.1:{port}"), None),
         None => {
             registry = Registry::start().await?;
-            (registry.addr().to_string(), Some(registry.credentials().clone()))
+            (
+                registry.addr().to_string(),
+                Some(registry.credentials().clone()),
+            )
         }
     };
     let repo = format!("{addr}/{}", image.path);
@@ -78,7 +81,8 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
             }
         }
     }
-    let manifest = pushed.with_context(|| format!("pushing {image} into the registry at {addr}"))?;
+    let manifest =
+        pushed.with_context(|| format!("pushing {image} into the registry at {addr}"))?;
 
     // The relay: the far side's requests go through the gate to the registry.
     let pull_creds = Credentials::generate("dos-pull");
@@ -167,15 +171,23 @@ async fn session(
                 tokio::spawn(crate::http::serve_io(far, move |req| g.clone().handle(req)));
             }
             Some(Event::Control(bytes)) => match Message::from_bytes(&bytes) {
-                Ok(Message::Outcome { ok, message, image_id }) => break Ok((ok, message, image_id)),
-                Err(e) => break Err(anyhow!(PeerError::ConnectionLost {
-                    detail: format!("unreadable control message: {e}"),
-                    printed: String::new(),
-                })),
+                Ok(Message::Outcome {
+                    ok,
+                    message,
+                    image_id,
+                }) => break Ok((ok, message, image_id)),
+                Err(e) => {
+                    break Err(anyhow!(PeerError::ConnectionLost {
+                        detail: format!("unreadable control message: {e}"),
+                        printed: String::new(),
+                    }))
+                }
             },
             None => {
                 let why = match reader.await {
-                    Ok(Ok(())) => "the far side closed the stream before reporting a result".to_string(),
+                    Ok(Ok(())) => {
+                        "the far side closed the stream before reporting a result".to_string()
+                    }
                     Ok(Err(e)) => e.to_string(),
                     Err(e) => e.to_string(),
                 };
@@ -202,7 +214,11 @@ async fn session(
 
 /// Add what the far side printed (and how the command ended) to errors
 /// where the user needs it to act.
-fn explain(e: anyhow::Error, status: Option<std::process::ExitStatus>, stderr: &str) -> anyhow::Error {
+fn explain(
+    e: anyhow::Error,
+    status: Option<std::process::ExitStatus>,
+    stderr: &str,
+) -> anyhow::Error {
     if let Some(h) = e.downcast_ref::<HandshakeError>() {
         return match h {
             HandshakeError::NotDos { printed } | HandshakeError::TooMuchNoise { printed } => {
@@ -222,11 +238,13 @@ fn explain(e: anyhow::Error, status: Option<std::process::ExitStatus>, stderr: &
                 }
                 .into()
             }
-            HandshakeError::Malformed(_) | HandshakeError::Io(_) if status.is_some() => PeerError::NotDos {
-                detail: format!("{h}; the transport command {}", describe(status)),
-                printed: stderr.to_string(),
+            HandshakeError::Malformed(_) | HandshakeError::Io(_) if status.is_some() => {
+                PeerError::NotDos {
+                    detail: format!("{h}; the transport command {}", describe(status)),
+                    printed: stderr.to_string(),
+                }
+                .into()
             }
-            .into(),
             _ => e,
         };
     }

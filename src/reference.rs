@@ -113,7 +113,9 @@ impl ImageRef {
     /// References a `dos pull` can create: a tag, no digest.
     pub fn require_taggable(&self, original: &str) -> Result<()> {
         if self.digest.is_some() {
-            bail!("{original:?} names a digest; dos pull needs a tag to give the image (e.g. app:1)");
+            bail!(
+                "{original:?} names a digest; dos pull needs a tag to give the image (e.g. app:1)"
+            );
         }
         Ok(())
     }
@@ -139,7 +141,10 @@ mod tests {
     #[test]
     fn parses_common_forms() {
         let r = ImageRef::parse("app:1").unwrap();
-        assert_eq!((r.domain, r.path.as_str(), r.tag.as_deref()), (None, "app", Some("1")));
+        assert_eq!(
+            (r.domain, r.path.as_str(), r.tag.as_deref()),
+            (None, "app", Some("1"))
+        );
         let r = ImageRef::parse("localhost:5000/team/app").unwrap();
         assert_eq!(r.domain.as_deref(), Some("localhost:5000"));
         assert_eq!(r.path, "team/app");
@@ -162,7 +167,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_references() {
-        for bad in ["", "App:1", "app:", "app:-x", "app@sha256:zz", "a b", "/app", "app/"] {
+        for bad in [
+            "",
+            "App:1",
+            "app:",
+            "app:-x",
+            "app@sha256:zz",
+            "a b",
+            "/app",
+            "app/",
+        ] {
             assert!(ImageRef::parse(bad).is_err(), "{bad}");
         }
     }

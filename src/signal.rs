@@ -10,7 +10,11 @@ use crate::error::Interrupted;
 /// Resolves when SIGINT, SIGTERM or SIGHUP arrives.
 pub async fn interrupted() {
     let mut set = Vec::new();
-    for kind in [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup()] {
+    for kind in [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+    ] {
         if let Ok(s) = signal(kind) {
             set.push(s);
         }

@@ -241,7 +241,10 @@ mod tests {
         wire[8..10].copy_from_slice(&99u16.to_be_bytes());
         let err = read(&mut &wire[..]).await.unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("version 1") && msg.contains("version 99"), "{msg}");
+        assert!(
+            msg.contains("version 1") && msg.contains("version 99"),
+            "{msg}"
+        );
         assert!(msg.contains("0.1.0"), "{msg}");
     }
 

@@ -160,8 +160,7 @@ pub fn valid_tag(tag: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b
-            .iter()
+        && b.iter()
             .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'))
 }
 
@@ -232,7 +231,10 @@ mod tests {
                 id: "abc-123".into()
             })
         );
-        assert_eq!(parse("/v2/a/tags/list"), Some(Route::Tags { name: "a".into() }));
+        assert_eq!(
+            parse("/v2/a/tags/list"),
+            Some(Route::Tags { name: "a".into() })
+        );
     }
 
     #[test]

@@ -103,9 +103,13 @@ async fn route(store: &Store, creds: &Credentials, req: Request<Incoming>) -> Re
         (&Method::GET | &Method::HEAD, Route::Blob { name, digest }) => {
             get_blob(store, &name, &digest, &req, method == Method::HEAD).await
         }
-        (&Method::POST, Route::UploadStart { name }) => start_upload(store, &name, &query, req).await,
+        (&Method::POST, Route::UploadStart { name }) => {
+            start_upload(store, &name, &query, req).await
+        }
         (&Method::PATCH, Route::Upload { name, id }) => patch_upload(store, &name, &id, req).await,
-        (&Method::PUT, Route::Upload { name, id }) => put_upload(store, &name, &id, &query, req).await,
+        (&Method::PUT, Route::Upload { name, id }) => {
+            put_upload(store, &name, &id, &query, req).await
+        }
         (&Method::GET, Route::Upload { name, id }) => match store.upload_size(&name, &id) {
             Ok(size) => Ok(upload_accepted(StatusCode::NO_CONTENT, &name, &id, size)),
             Err(e) => Ok(upload_error(e)),
@@ -127,7 +131,11 @@ async fn route(store: &Store, creds: &Credentials, req: Request<Incoming>) -> Re
             Ok(if store.delete_manifest(&name, &reference) {
                 status(StatusCode::ACCEPTED)
             } else {
-                error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", "manifest unknown")
+                error(
+                    StatusCode::NOT_FOUND,
+                    "MANIFEST_UNKNOWN",
+                    "manifest unknown",
+                )
             })
         }
         (&Method::GET, Route::Tags { name }) => Ok(match store.tags(&name) {
@@ -145,7 +153,11 @@ async fn route(store: &Store, creds: &Credentials, req: Request<Incoming>) -> Re
     };
     result.unwrap_or_else(|e| {
         tracing::warn!("registry: {e:#}");
-        error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &format!("{e:#}"))
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "UNKNOWN",
+            &format!("{e:#}"),
+        )
     })
 }
 
@@ -157,7 +169,11 @@ async fn get_blob(
     head: bool,
 ) -> Result<Response<Body>> {
     if !store.has_blob(name, digest) {
-        return Ok(error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "blob unknown to registry"));
+        return Ok(error(
+            StatusCode::NOT_FOUND,
+            "BLOB_UNKNOWN",
+            "blob unknown to registry",
+        ));
     }
     let mut file = tokio::fs::File::open(store.blob_path(digest)).await?;
     let size = file.metadata().await?.len();
@@ -227,10 +243,18 @@ async fn start_upload(
         // Monolithic upload: the whole blob is this request's body.
         let Some(expected) = Digest::parse(d) else {
             store.cancel_upload(&id);
-            return Ok(error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "invalid digest"));
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "DIGEST_INVALID",
+                "invalid digest",
+            ));
         };
         let Ok(mut up) = store.take_upload(name, &id) else {
-            return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "upload vanished"));
+            return Ok(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN",
+                "upload vanished",
+            ));
         };
         if let Err(e) = append_body(&mut up, req.into_body()).await {
             store.cancel_upload(&id);
@@ -252,7 +276,11 @@ async fn patch_upload(
         Err(e) => return Ok(upload_error(e)),
     };
     // Chunks must arrive in order: Content-Range's start is the current size.
-    if let Some(cr) = req.headers().get("Content-Range").and_then(|v| v.to_str().ok()) {
+    if let Some(cr) = req
+        .headers()
+        .get("Content-Range")
+        .and_then(|v| v.to_str().ok())
+    {
         let start = cr
             .trim_start_matches("bytes ")
             .split('-')
@@ -287,7 +315,11 @@ async fn put_upload(
 ) -> Result<Response<Body>> {
     let q = query_pairs(query);
     let Some(expected) = q.get("digest").and_then(|d| Digest::parse(d)) else {
-        return Ok(error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "missing or invalid digest"));
+        return Ok(error(
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+            "missing or invalid digest",
+        ));
     };
     let mut up = match store.take_upload(name, id) {
         Ok(u) => u,
@@ -356,13 +388,21 @@ async fn put_manifest(
     let digest = Digest::from_sha256(&sha2::Sha256::digest(&body));
     if let Reference::Digest(d) = &reference {
         if d != &digest {
-            return Ok(error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "manifest digest mismatch"));
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "DIGEST_INVALID",
+                "manifest digest mismatch",
+            ));
         }
     }
     let json: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
-            return Ok(error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", &format!("{e}")))
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "MANIFEST_INVALID",
+                &format!("{e}"),
+            ))
         }
     };
     let declared = json.get("mediaType").and_then(|v| v.as_str());
@@ -389,7 +429,9 @@ async fn put_manifest(
         Reference::Tag(t) => Some(t.as_str()),
         Reference::Digest(_) => None,
     };
-    store.put_manifest(name, &digest, &media_type, &body, tag).await?;
+    store
+        .put_manifest(name, &digest, &media_type, &body, tag)
+        .await?;
     Ok(Response::builder()
         .status(StatusCode::CREATED)
         .header("Location", format!("/v2/{name}/manifests/{digest}"))
@@ -413,7 +455,12 @@ fn check_references(
     };
     match media_type {
         MANIFEST_LIST_V2 | OCI_INDEX => {
-            for m in json.get("manifests").and_then(|m| m.as_array()).into_iter().flatten() {
+            for m in json
+                .get("manifests")
+                .and_then(|m| m.as_array())
+                .into_iter()
+                .flatten()
+            {
                 let d = digest_of(m)?;
                 if !store.has_manifest(name, &d) {
                     return Err(format!("manifest {d}"));
@@ -426,7 +473,12 @@ fn check_references(
             if !store.has_blob(name, &d) {
                 return Err(format!("blob {d}"));
             }
-            for l in json.get("layers").and_then(|m| m.as_array()).into_iter().flatten() {
+            for l in json
+                .get("layers")
+                .and_then(|m| m.as_array())
+                .into_iter()
+                .flatten()
+            {
                 // Foreign layers live elsewhere (their descriptor has urls).
                 if l.get("urls").is_some() {
                     continue;
@@ -450,7 +502,11 @@ async fn get_manifest(
     head: bool,
 ) -> Result<Response<Body>> {
     let Some((digest, media_type)) = store.resolve(name, reference) else {
-        return Ok(error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", "manifest unknown"));
+        return Ok(error(
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+            "manifest unknown",
+        ));
     };
     if !accepts(req, &media_type) {
         return Ok(error(
@@ -534,7 +590,11 @@ fn upload_accepted(status: StatusCode, name: &str, id: &str, size: u64) -> Respo
 
 fn upload_error(e: UploadError) -> Response<Body> {
     match e {
-        UploadError::Unknown => error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "upload unknown"),
+        UploadError::Unknown => error(
+            StatusCode::NOT_FOUND,
+            "BLOB_UPLOAD_UNKNOWN",
+            "upload unknown",
+        ),
         UploadError::Busy => error(
             StatusCode::CONFLICT,
             "BLOB_UPLOAD_INVALID",

@@ -82,7 +82,11 @@ impl Store {
         if !st.repos.get(from).is_some_and(|r| r.blobs.contains(d)) {
             return false;
         }
-        st.repos.entry(name.into()).or_default().blobs.insert(d.clone());
+        st.repos
+            .entry(name.into())
+            .or_default()
+            .blobs
+            .insert(d.clone());
         true
     }
 
@@ -139,12 +143,7 @@ impl Store {
     }
 
     /// Finish an upload: the bytes must hash to `expected`.
-    pub async fn commit_upload(
-        &self,
-        id: &str,
-        mut u: Upload,
-        expected: &Digest,
-    ) -> Result<bool> {
+    pub async fn commit_upload(&self, id: &str, mut u: Upload, expected: &Digest) -> Result<bool> {
         u.file.flush().await?;
         u.file.sync_data().await.ok();
         let got = Digest::from_sha256(&u.hasher.clone().finalize());
@@ -162,7 +161,11 @@ impl Store {
         }
         let mut st = self.state.lock().unwrap();
         st.uploads.remove(id);
-        st.repos.entry(u.name).or_default().blobs.insert(expected.clone());
+        st.repos
+            .entry(u.name)
+            .or_default()
+            .blobs
+            .insert(expected.clone());
         Ok(true)
     }
 
@@ -192,11 +195,17 @@ impl Store {
 
     pub fn has_manifest(&self, name: &str, d: &Digest) -> bool {
         let st = self.state.lock().unwrap();
-        st.repos.get(name).is_some_and(|r| r.manifests.contains_key(d))
+        st.repos
+            .get(name)
+            .is_some_and(|r| r.manifests.contains_key(d))
     }
 
     /// Resolve a tag or digest to (digest, media type).
-    pub fn resolve(&self, name: &str, reference: &super::path::Reference) -> Option<(Digest, String)> {
+    pub fn resolve(
+        &self,
+        name: &str,
+        reference: &super::path::Reference,
+    ) -> Option<(Digest, String)> {
         let st = self.state.lock().unwrap();
         let repo = st.repos.get(name)?;
         let d = match reference {

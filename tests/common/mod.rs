@@ -1,0 +1,207 @@
+//! Shared by the integration tests: the environment `tests/harness/env.sh`
+//! starts (real daemons, a real sshd), and helpers that drive the real
+//! `dos` binary and the real docker CLI.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// What env.sh started.
+pub struct Env {
+    pub local: String,
+    pub peer: String,
+    pub remote: String,
+    pub ssh_config: String,
+    pub link: String,
+    pub netns: String,
+    pub busybox: PathBuf,
+}
+
+/// The environment, or `None` when the tests run outside `tests/run.sh`
+/// (then Docker-backed tests say so and pass). Under `tests/run.sh`,
+/// DOS_TEST_REQUIRE=1 turns a missing environment into a failure, so CI
+/// can't silently skip them.
+pub fn env() -> Option<&'static Env> {
+    static ENV: OnceLock<Option<Env>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let e = (|| {
+            Some(Env {
+                local: get("DOS_TEST_LOCAL")?,
+                peer: get("DOS_TEST_PEER")?,
+                remote: get("DOS_TEST_REMOTE")?,
+                ssh_config: get("DOS_TEST_SSH_CONFIG")?,
+                link: get("DOS_TEST_LINK")?,
+                netns: get("DOS_TEST_NETNS")?,
+                busybox: get("DOS_TEST_BUSYBOX")?.into(),
+            })
+        })();
+        if e.is_none() && get("DOS_TEST_REQUIRE").is_some() {
+            panic!("DOS_TEST_REQUIRE is set but the test environment is missing: run tests/run.sh");
+        }
+        e
+    })
+    .as_ref()
+}
+
+#[macro_export]
+macro_rules! need_env {
+    () => {
+        match common::env() {
+            Some(e) => e,
+            None => {
+                eprintln!("skipped: no Docker test environment (run tests/run.sh)");
+                return;
+            }
+        }
+    };
+}
+
+pub fn dos_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dos")
+}
+
+/// The directory holding the dos under test (for PATH on the far side).
+pub fn dos_dir() -> PathBuf {
+    Path::new(dos_bin()).parent().unwrap().to_path_buf()
+}
+
+pub fn path_with_dos() -> String {
+    format!(
+        "{}:{}",
+        dos_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// `docker ARGS` against the daemon at `host`; panics with the output on failure.
+pub fn docker(host: &str, args: &[&str]) -> String {
+    let out = docker_try(host, args);
+    assert!(
+        out.status.success(),
+        "docker {args:?} on {host} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn docker_try(host: &str, args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .env("DOCKER_HOST", host)
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("running the docker CLI")
+}
+
+/// Build `tag` FROM scratch: busybox, a base layer of `base_bytes`
+/// pseudo-random bytes from `seed`, and a small app layer holding `app`.
+/// Returns the image ID.
+pub fn build_image(host: &str, tag: &str, seed: u64, base_bytes: usize, app: &str) -> String {
+    let e = env().expect("environment");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&e.busybox, dir.path().join("busybox")).unwrap();
+    std::fs::write(dir.path().join("base.bin"), pseudo_random(seed, base_bytes)).unwrap();
+    std::fs::write(dir.path().join("app.txt"), app).unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY base.bin /base.bin\nCOPY app.txt /app.txt\n\
+         CMD [\"/bin/busybox\", \"cat\", \"/app.txt\"]\n",
+    )
+    .unwrap();
+    docker(
+        host,
+        &[
+            "build",
+            "-q",
+            "--network",
+            "none",
+            "-t",
+            tag,
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    image_id(host, tag).expect("built image")
+}
+
+pub fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+pub fn image_id(host: &str, image: &str) -> Option<String> {
+    let out = docker_try(host, &["image", "inspect", "-f", "{{.Id}}", image]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Every name (tags and digest references) on a daemon that points into a
+/// loopback registry: what a transfer must not leave behind.
+pub fn loopback_names(host: &str, repo: &str) -> Vec<String> {
+    let ids = docker(host, &["image", "ls", "-q", "--no-trunc"]);
+    let mut names = Vec::new();
+    for id in ids.lines().filter(|l| !l.is_empty()) {
+        let out = docker_try(
+            host,
+            &[
+                "image",
+                "inspect",
+                "-f",
+                "{{json .RepoTags}} {{json .RepoDigests}}",
+                id,
+            ],
+        );
+        for n in String::from_utf8_lossy(&out.stdout).split(['"', ',', '[', ']', ' ']) {
+            if n.starts_with("127.0.0.1:") && n.contains(&format!("/{repo}")) {
+                names.push(n.to_string());
+            }
+        }
+    }
+    names
+}
+
+/// Run a container (no network) and return its stdout.
+pub fn run_container(host: &str, image: &str) -> String {
+    docker(host, &["run", "--rm", "--network", "none", image])
+}
+
+/// Run `dos ARGS` with the local daemon as DOCKER_HOST.
+pub fn dos(docker_host: &str, args: &[&str]) -> Output {
+    Command::new(dos_bin())
+        .args(args)
+        .env("DOCKER_HOST", docker_host)
+        .env("PATH", path_with_dos())
+        .env_remove("LOCAL_DOCKER_REGISTRY_PORT")
+        .output()
+        .expect("running dos")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Bytes that crossed the veth link to the remote host (both directions).
+pub fn link_bytes(e: &Env) -> u64 {
+    let read = |f: &str| -> u64 {
+        std::fs::read_to_string(format!("/sys/class/net/{}/statistics/{f}", e.link))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    read("tx_bytes") + read("rx_bytes")
+}
+
+/// A name unique to this test run.
+pub fn unique(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
