@@ -23,7 +23,8 @@ ctx=$dir/ctx; mkdir -p "$ctx"
 cp "$DOS_TEST_BUSYBOX" "$ctx/busybox"
 head -c 8M /dev/urandom >"$ctx/data.bin"
 printf 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY data.bin /data.bin\nCMD ["/bin/busybox", "echo", "hello from the far side"]\n' >"$ctx/Dockerfile"
-DOCKER_HOST=$DOS_TEST_LOCAL DOCKER_BUILDKIT=0 docker build -q --network none -t demo:1 "$ctx" >/dev/null
+DOCKER_HOST=$DOS_TEST_LOCAL DOCKER_BUILDKIT=0 docker build -q --network none -t demo:1 "$ctx" \
+  >"$dir/build.log" 2>&1 || { cat "$dir/build.log" >&2; exit 1; }
 
 echo "+ dos push demo:1 ssh remote dos pull demo:1" >&2
 DOCKER_HOST=$DOS_TEST_LOCAL dos push demo:1 ssh -F "$DOS_TEST_SSH_CONFIG" remote dos pull demo:1
