@@ -60,6 +60,11 @@ pub struct PushArgs {
     /// starting the embedded one.
     #[arg(long, env = "LOCAL_DOCKER_REGISTRY_PORT", value_name = "PORT")]
     pub registry_port: Option<u16>,
+    /// How the image travels: `delta` sends only the layers the far daemon
+    /// lacks (zstd on the wire); `registry` lets the far daemon docker-pull
+    /// through a relay; `auto` (default) uses delta when both ends can.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub via: crate::push::Via,
 }
 
 #[derive(Debug, Args)]

@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod delta;
 pub mod docker;
 pub mod error;
 pub mod gate;

@@ -27,12 +27,14 @@ fn main() {
                 image: a.image,
                 command: strip_dashdash(a.command),
                 registry_port: a.registry_port,
+                via: a.via,
             })
             .await
             .map(|r| {
                 tracing::info!(
-                    "dos: {} is on the far daemon ({} bytes sent, {} received, {:.1}s)",
+                    "dos: {} is on the far daemon (via {}; {} bytes sent, {} received, {:.1}s)",
                     r.image_id,
+                    r.path,
                     r.wire_out,
                     r.wire_in,
                     r.elapsed.as_secs_f64()

@@ -197,6 +197,11 @@ impl Mux {
         })
     }
 
+    /// Refuse a stream the peer opened.
+    pub async fn reject(&self, stream: MuxStream, why: &str) {
+        reset(&self.shared, stream.id, why).await;
+    }
+
     /// Flush everything queued and close the transport's write half.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();

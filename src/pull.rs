@@ -1,5 +1,6 @@
-//! `dos pull IMAGE`: the far end. Speaks dos on stdin/stdout, lets the local
-//! daemon pull through a loopback relay, and reports the outcome.
+//! `dos pull IMAGE`: the far end. Speaks dos on stdin/stdout, follows the
+//! pusher's plan (receive a delta, or let the local daemon pull through a
+//! loopback relay), and reports the outcome.
 //!
 //! stdout IS the protocol here: nothing else may be written to it.
 
@@ -8,14 +9,19 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::auth::Credentials;
+use crate::delta::chain::{chain_ids, common_prefix};
+use crate::delta::inventory::{self, Store};
+use crate::delta::receive::{self, ReceivePlan};
 use crate::docker::Daemon;
 use crate::error::PeerError;
-use crate::mux::{self, Mux, Side};
-use crate::protocol::handshake::{self, Hello, Offer, Role};
-use crate::protocol::message::Message;
+use crate::mux::{self, Event, Mux, Side};
+use crate::protocol::handshake::{self, Hello, Role, FEATURE_DELTA};
+use crate::protocol::message::{Message, Offer};
 use crate::reference::ImageRef;
+use crate::registry::path::{valid_name, Digest};
 
 pub struct PullOptions {
     pub image: String,
@@ -27,20 +33,31 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
     let mut stdout = tokio::io::stdout();
     let mut stdin = tokio::io::stdin();
 
+    // Which plans this side can follow depends on its daemon. If the daemon
+    // is unreachable we still speak, so the pusher learns why.
+    let daemon = Daemon::connect().await;
+    let delta = match &daemon {
+        Ok(d) => matches!(inventory::store_kind(d).await, Ok(Store::Classic)),
+        Err(_) => false,
+    };
     let hello = Hello {
         role: Role::Pull,
         image: opts.image.clone(),
         release: env!("CARGO_PKG_VERSION").into(),
-        offer: None,
+        features: if delta {
+            vec![FEATURE_DELTA.into()]
+        } else {
+            vec![]
+        },
     };
     stdout.write_all(&handshake::encode(&hello)).await?;
     stdout.flush().await?;
     let (peer, leftover) = handshake::read(&mut stdin)
         .await
         .context("reading the pusher's handshake")?;
-    let (mux, _events, _reader) = mux::start(stdin, leftover, stdout, Side::Dialer);
+    let (mux, events, _reader) = mux::start(stdin, leftover, stdout, Side::Dialer);
 
-    let result = serve(&mux, &wanted, &opts.image, peer).await;
+    let result = serve(&mux, events, &wanted, &opts.image, peer, daemon).await;
     let msg = match &result {
         Ok(id) => Message::Outcome {
             ok: true,
@@ -59,8 +76,15 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
     result.map(|_| ())
 }
 
-/// Check the offer, run the pull, and return the resulting image ID.
-async fn serve(mux: &Mux, wanted: &ImageRef, wanted_str: &str, peer: Hello) -> Result<String> {
+/// Check the pusher, follow its plan, tag the result; returns the image ID.
+async fn serve(
+    mux: &Mux,
+    mut events: UnboundedReceiver<Event>,
+    wanted: &ImageRef,
+    wanted_str: &str,
+    peer: Hello,
+    daemon: Result<Daemon>,
+) -> Result<String> {
     if peer.role != Role::Push {
         bail!(PeerError::Refused(
             "the other side is not a dos push".into()
@@ -73,12 +97,108 @@ async fn serve(mux: &Mux, wanted: &ImageRef, wanted_str: &str, peer: Hello) -> R
             peer.image
         )));
     }
-    let offer = peer
-        .offer
-        .ok_or_else(|| PeerError::Refused("the pusher sent no offer".into()))?;
-    check_offer(&offer)?;
+    let daemon = daemon?;
+    let plan = loop {
+        match events.recv().await {
+            Some(Event::Control(b)) => {
+                break Message::from_bytes(&b).context("reading the pusher's plan")?
+            }
+            Some(Event::Open(s)) => mux.reject(s, "no plan yet").await,
+            None => bail!("the pusher closed the session before sending a plan"),
+        }
+    };
+    match plan {
+        Message::Registry { offer } => via_registry(mux, &daemon, &offer, wanted, wanted_str).await,
+        Message::Delta { image_id, diff_ids } => {
+            let id = via_delta(mux, &mut events, &daemon, image_id, diff_ids).await?;
+            daemon
+                .tag(&id, &wanted.repository(), wanted.tag_or_latest())
+                .await?;
+            Ok(id)
+        }
+        other => bail!(PeerError::Refused(format!("unexpected plan {other:?}"))),
+    }
+}
 
-    let daemon = Daemon::connect().await?;
+async fn via_delta(
+    mux: &Mux,
+    events: &mut UnboundedReceiver<Event>,
+    daemon: &Daemon,
+    image_id: String,
+    diff_ids: Vec<String>,
+) -> Result<String> {
+    if Digest::parse(&image_id).is_none() || diff_ids.iter().any(|d| Digest::parse(d).is_none()) {
+        bail!(PeerError::Refused(
+            "the pusher's plan names malformed digests".into()
+        ));
+    }
+    // The image itself may be here already (under another name, or an
+    // earlier transfer): then nothing needs to move.
+    if daemon.api.inspect_image(&image_id).await.is_ok() {
+        mux.control(
+            Message::Have {
+                layers: diff_ids.len(),
+                image: true,
+            }
+            .to_bytes(),
+        )
+        .await;
+        return Ok(image_id);
+    }
+    let have = common_prefix(&chain_ids(&diff_ids), &inventory::chains(daemon).await?);
+    tracing::info!(
+        "dos: receiving {} of {} layers",
+        diff_ids.len() - have,
+        diff_ids.len()
+    );
+    mux.control(
+        Message::Have {
+            layers: have,
+            image: false,
+        }
+        .to_bytes(),
+    )
+    .await;
+    let stream = match events.recv().await {
+        Some(Event::Open(s)) => s,
+        Some(Event::Control(b)) => bail!(PeerError::Refused(format!(
+            "unexpected message while waiting for layers: {}",
+            String::from_utf8_lossy(&b)
+        ))),
+        None => bail!("the pusher closed the session before sending the layers"),
+    };
+    let (near, far) = tokio::io::duplex(256 * 1024);
+    mux.attach(stream, near);
+    let plan = ReceivePlan {
+        image_id,
+        diff_ids,
+        have,
+    };
+    receive::receive(daemon, far, &plan).await?;
+    // Trust the daemon's word, not ours: the loaded image must be the one offered.
+    let got = daemon.inspect(&plan.image_id).await.map_err(|_| {
+        anyhow!(PeerError::FarFailure(format!(
+            "docker load did not produce image {}",
+            plan.image_id
+        )))
+    })?;
+    got.id
+        .ok_or_else(|| anyhow!("the daemon reported no image ID"))
+}
+
+async fn via_registry(
+    mux: &Mux,
+    daemon: &Daemon,
+    offer: &Offer,
+    wanted: &ImageRef,
+    wanted_str: &str,
+) -> Result<String> {
+    let ok = valid_name(&offer.repository)
+        && Digest::parse(&offer.manifest).is_some()
+        && Digest::parse(&offer.image_id).is_some();
+    if !ok {
+        bail!(PeerError::Refused("the pusher's offer is malformed".into()));
+    }
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding the relay to 127.0.0.1")?;
@@ -118,6 +238,8 @@ async fn serve(mux: &Mux, wanted: &ImageRef, wanted_str: &str, peer: Hello) -> R
                 offer.image_id
             )));
         }
+        // Tag before the relay's name goes: an image left with no name
+        // would be deleted with it.
         daemon
             .tag(&id, &wanted.repository(), wanted.tag_or_latest())
             .await?;
@@ -133,17 +255,4 @@ async fn serve(mux: &Mux, wanted: &ImageRef, wanted_str: &str, peer: Hello) -> R
         tracing::warn!("{e:#}");
     }
     finished
-}
-
-fn check_offer(o: &Offer) -> Result<()> {
-    let ok = crate::registry::path::valid_name(&o.repository)
-        && crate::registry::path::Digest::parse(&o.manifest).is_some()
-        && crate::registry::path::Digest::parse(&o.image_id).is_some();
-    if ok {
-        Ok(())
-    } else {
-        Err(anyhow!(PeerError::Refused(
-            "the pusher's offer is malformed".into()
-        )))
-    }
 }

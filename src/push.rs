@@ -1,135 +1,138 @@
-//! `dos push IMAGE CMD...`: put the image in a registry on this machine,
-//! start CMD, and serve the far `dos pull` through a gated relay.
+//! `dos push IMAGE CMD...`: start CMD, agree with the far `dos pull` on a
+//! plan, and carry it out.
+//!
+//! - delta (both ends dos, classic image stores): stream only the layers the
+//!   far daemon lacks out of the local export;
+//! - registry: put the image in a registry on this machine and serve the far
+//!   daemon's `docker pull` through the gated relay.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
-use tokio::io::AsyncWriteExt;
+use anyhow::{anyhow, bail, Context, Result};
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinHandle;
 
 use crate::auth::Credentials;
+use crate::delta::inventory::{store_kind, Store};
+use crate::delta::send::{self, SendPlan, SendStats};
 use crate::docker::Daemon;
 use crate::error::PeerError;
 use crate::gate::Gate;
-use crate::mux::{self, Event, Side};
+use crate::mux::{self, Event, Mux, MuxError, Side};
 use crate::progress::Progress;
-use crate::protocol::handshake::{self, HandshakeError, Hello, Offer, Role};
-use crate::protocol::message::Message;
+use crate::protocol::handshake::{self, HandshakeError, Hello, Role, FEATURE_DELTA};
+use crate::protocol::message::{Message, Offer};
 use crate::reference::ImageRef;
 use crate::registry::Registry;
 use crate::signal::interruptible;
 use crate::transport::{describe, Transport};
+
+/// How the image travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    /// The delta path when the far dos supports it, else the registry relay.
+    Auto,
+    /// Only the delta path; fail if it can't be used.
+    Delta,
+    /// Only the registry relay.
+    Registry,
+}
 
 pub struct PushOptions {
     pub image: String,
     pub command: Vec<String>,
     /// Use the registry already listening on 127.0.0.1:PORT.
     pub registry_port: Option<u16>,
+    pub via: Via,
 }
 
 /// What a successful push did.
 #[derive(Debug)]
 pub struct PushReport {
     pub image_id: String,
+    /// "delta" or "registry".
+    pub path: &'static str,
     /// Bytes written to and read from the transport.
     pub wire_out: u64,
     pub wire_in: u64,
     pub elapsed: Duration,
+    /// Delta only: layers sent / already on the far side.
+    pub layers_sent: usize,
+    pub layers_present: usize,
+}
+
+struct Source {
+    image: ImageRef,
+    image_str: String,
+    image_id: String,
+    diff_ids: Vec<String>,
 }
 
 pub async fn push(opts: PushOptions) -> Result<PushReport> {
     let image = ImageRef::parse(&opts.image)?;
     if opts.command.is_empty() {
-        anyhow::bail!("no transport command given (e.g. dos push app:1 ssh host dos pull app:1)");
+        bail!("no transport command given (e.g. dos push app:1 ssh host dos pull app:1)");
     }
     // The image must exist before anything is started or tagged.
     let daemon = Daemon::connect().await?;
     let info = daemon.inspect(&opts.image).await?;
-    let image_id = info.id.context("the daemon reported no image ID")?;
-
-    // Where the image goes first.
-    let registry;
-    let (addr, push_creds) = match opts.registry_port {
-        Some(port) => (format!("127.0.0.1:{port}"), None),
-        None => {
-            registry = Registry::start().await?;
-            (
-                registry.addr().to_string(),
-                Some(registry.credentials().clone()),
-            )
-        }
+    let src = Source {
+        image,
+        image_str: opts.image.clone(),
+        image_id: info.id.context("the daemon reported no image ID")?,
+        diff_ids: info.root_fs.and_then(|r| r.layers).unwrap_or_default(),
     };
-    let repo = format!("{addr}/{}", image.path);
-    let tag = image.tag.clone().unwrap_or_else(|| "latest".into());
 
-    // Tag, push, and remove every name this step added, whatever happened.
-    let before = names_under(&daemon, &image_id, &addr).await;
-    eprintln_status(&format!("dos: preparing {image} ({})", short(&image_id)));
-    let pushed = async {
-        daemon.tag(&opts.image, &repo, &tag).await?;
-        let creds = push_creds
-            .as_ref()
-            .map(|c| c.docker(&addr))
-            .unwrap_or_default();
-        interruptible(daemon.push(&repo, &tag, creds)).await?;
-        manifest_digest(&daemon, &image_id, &repo).await
+    // The delta path is possible unless the user chose otherwise (a service
+    // registry keeps the registry path, as in the original tool) or the
+    // local export can't be read layer by layer.
+    let delta_wanted = match opts.via {
+        Via::Registry => false,
+        Via::Delta => true,
+        Via::Auto => opts.registry_port.is_none(),
+    };
+    let delta_possible = delta_wanted && store_kind(&daemon).await? == Store::Classic;
+    if opts.via == Via::Delta && !delta_possible {
+        bail!("--via delta: the local daemon uses the containerd image store, which the delta path does not read; use --via registry");
     }
-    .await;
-    for n in names_under(&daemon, &image_id, &addr).await {
-        if !before.contains(&n) {
-            if let Err(e) = daemon.untag(&n).await {
-                tracing::warn!("{e:#}");
-            }
-        }
-    }
-    let manifest =
-        pushed.with_context(|| format!("pushing {image} into the registry at {addr}"))?;
+    // The export starts now: the daemon prepares it while we connect.
+    let export = delta_possible.then(|| send::start_export(&daemon, &src.image_id));
 
-    // The relay: the far side's requests go through the gate to the registry.
-    let pull_creds = Credentials::generate("dos-pull");
-    let gate = Gate::new(
-        format!("http://{addr}"),
-        push_creds,
-        pull_creds.clone(),
-        image.path.clone(),
-    );
     let hello = Hello {
         role: Role::Push,
         image: opts.image.clone(),
         release: env!("CARGO_PKG_VERSION").into(),
-        offer: Some(Offer {
-            repository: image.path.clone(),
-            tag: tag.clone(),
-            manifest: manifest.clone(),
-            image_id: image_id.clone(),
-            username: pull_creds.username.clone(),
-            password: pull_creds.password.clone(),
-        }),
+        features: if delta_possible {
+            vec![FEATURE_DELTA.into()]
+        } else {
+            vec![]
+        },
     };
     let mut transport = Transport::spawn(&opts.command)?;
-    let result = interruptible(session(&mut transport, &hello, &image, gate)).await;
+    let result = interruptible(session(
+        &mut transport,
+        &hello,
+        &src,
+        &daemon,
+        export,
+        &opts,
+    ))
+    .await;
     let (status, stderr) = transport.finish(Duration::from_secs(5)).await;
-    let (far_id, wire_out, wire_in, elapsed) = result.map_err(|e| explain(e, status, &stderr))?;
-    if far_id != image_id {
-        return Err(PeerError::FarFailure(format!(
-            "the far daemon reports image {far_id}, expected {image_id}"
-        ))
-        .into());
-    }
-    Ok(PushReport {
-        image_id,
-        wire_out,
-        wire_in,
-        elapsed,
-    })
+    let report = result.map_err(|e| explain(e, status, &stderr))?;
+    Ok(report)
 }
 
-/// Talk to the far dos until it reports an outcome.
 async fn session(
     t: &mut Transport,
     hello: &Hello,
-    image: &ImageRef,
-    gate: std::sync::Arc<Gate>,
-) -> Result<(String, u64, u64, Duration)> {
+    src: &Source,
+    daemon: &Daemon,
+    export: Option<impl AsyncRead + Send + Unpin + 'static>,
+    opts: &PushOptions,
+) -> Result<PushReport> {
     let mut stdin = t.stdin.take().context("transport stdin")?;
     let mut stdout = t.stdout.take().context("transport stdout")?;
     // Our hello goes first; a far side that isn't dos just won't read it.
@@ -140,29 +143,177 @@ async fn session(
     .await;
     let (peer, leftover) = handshake::read(&mut stdout).await?;
     if peer.role != Role::Pull {
-        return Err(PeerError::Refused("the far side is not a dos pull".into()).into());
+        bail!(PeerError::Refused("the far side is not a dos pull".into()));
     }
     let wanted = ImageRef::parse(&peer.image)
         .map_err(|e| PeerError::Refused(format!("the far side asked for an invalid image: {e}")))?;
-    if !wanted.same_as(image) {
-        return Err(PeerError::Refused(format!(
+    if !wanted.same_as(&src.image) {
+        bail!(PeerError::Refused(format!(
             "this side offers {} but the far side asked for {}",
-            hello.image, peer.image
-        ))
-        .into());
+            src.image_str, peer.image
+        )));
     }
-    tracing::debug!(release = %peer.release, "far dos ready");
+    tracing::debug!(release = %peer.release, features = ?peer.features, "far dos ready");
+    let use_delta = export.is_some() && peer.has(FEATURE_DELTA);
+    if opts.via == Via::Delta && !use_delta {
+        bail!(PeerError::Refused(
+            "--via delta: the far dos can't receive a delta (its daemon uses the containerd image store, or it is an older dos)".into()
+        ));
+    }
 
-    let (mux, mut events, reader) = mux::start(stdout, leftover, stdin, Side::Listener);
-    let counter_mux = mux.clone();
+    let (mux, events, reader) = mux::start(stdout, leftover, stdin, Side::Listener);
+    let started = std::time::Instant::now();
+    let m = mux.clone();
     let progress = Progress::start(
         "transfer",
-        std::sync::Arc::new(move || {
-            let (o, i) = counter_mux.wire_bytes();
+        Arc::new(move || {
+            let (o, i) = m.wire_bytes();
             o + i
         }),
     );
-    let outcome = loop {
+    let result = if let (true, Some(export)) = (use_delta, export) {
+        tracing::info!(
+            "dos: sending {} (only the layers the far side lacks)",
+            src.image_str
+        );
+        mux.control(
+            Message::Delta {
+                image_id: src.image_id.clone(),
+                diff_ids: src.diff_ids.clone(),
+            }
+            .to_bytes(),
+        )
+        .await;
+        drive_delta(&mux, events, reader, src, export).await
+    } else {
+        drive_registry(&mux, events, reader, src, daemon, opts.registry_port).await
+    };
+    progress.finish(if result.is_ok() { "done" } else { "failed" });
+    mux.shutdown().await;
+    let (far_id, stats) = result?;
+    if far_id != src.image_id {
+        bail!(PeerError::FarFailure(format!(
+            "the far daemon reports image {far_id}, expected {}",
+            src.image_id
+        )));
+    }
+    let (wire_out, wire_in) = mux.wire_bytes();
+    Ok(PushReport {
+        image_id: far_id,
+        path: if use_delta { "delta" } else { "registry" },
+        wire_out,
+        wire_in,
+        elapsed: started.elapsed(),
+        layers_sent: stats.as_ref().map_or(0, |s| s.layers_sent),
+        layers_present: stats.as_ref().map_or(0, |s| s.layers_skipped),
+    })
+}
+
+type Events = UnboundedReceiver<Event>;
+type Reader = JoinHandle<Result<(), MuxError>>;
+
+/// Delta: wait for the far side's inventory, stream what it lacks, and wait
+/// for its outcome.
+async fn drive_delta(
+    mux: &Mux,
+    mut events: Events,
+    reader: Reader,
+    src: &Source,
+    export: impl AsyncRead + Send + Unpin + 'static,
+) -> Result<(String, Option<SendStats>)> {
+    let mut export = Some(export);
+    let mut sender: Option<JoinHandle<Result<SendStats>>> = None;
+    let mut stats = None;
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(Event::Open(stream)) => {
+                    // The far side has no business opening streams here.
+                    mux.reject(stream, "unexpected stream").await;
+                }
+                Some(Event::Control(bytes)) => match Message::from_bytes(&bytes) {
+                    Ok(Message::Have { layers, image }) => {
+                        if layers > src.diff_ids.len() {
+                            bail!(PeerError::FarFailure(format!("the far side claims {layers} layers of {}", src.diff_ids.len())));
+                        }
+                        tracing::info!(
+                            "dos: the far side has {layers} of {} layers{}",
+                            src.diff_ids.len(),
+                            if image { " and the image" } else { "" }
+                        );
+                        let export = export.take().context("the far side asked twice")?;
+                        if image {
+                            drop(export);
+                            continue;
+                        }
+                        let stream = mux.open().await?;
+                        let (near, far) = tokio::io::duplex(256 * 1024);
+                        mux.attach(stream, near);
+                        let plan = SendPlan { image_id: src.image_id.clone(), diff_ids: src.diff_ids.clone(), have: layers };
+                        sender = Some(tokio::spawn(async move { send::send(export, &plan, far).await }));
+                    }
+                    Ok(Message::Outcome { ok, message, image_id }) => {
+                        return outcome(ok, message, image_id).map(|id| (id, stats));
+                    }
+                    Ok(other) => bail!(PeerError::FarFailure(format!("unexpected message {other:?}"))),
+                    Err(e) => bail!(lost(format!("unreadable control message: {e}"))),
+                },
+                None => bail!(lost(end_reason(reader).await)),
+            },
+            r = async { sender.as_mut().unwrap().await }, if sender.is_some() => {
+                sender = None;
+                match r {
+                    Ok(Ok(s)) => {
+                        tracing::debug!(?s, "delta sent");
+                        stats = Some(s);
+                    }
+                    Ok(Err(e)) => return Err(e.context("sending the image")),
+                    Err(e) => bail!("the sending task failed: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// Registry: push into the registry, offer it, serve the relay until the
+/// far side reports.
+async fn drive_registry(
+    mux: &Mux,
+    mut events: Events,
+    reader: Reader,
+    src: &Source,
+    daemon: &Daemon,
+    registry_port: Option<u16>,
+) -> Result<(String, Option<SendStats>)> {
+    let registry;
+    let (addr, push_creds) = match registry_port {
+        Some(port) => (format!("127.0.0.1:{port}"), None),
+        None => {
+            registry = Registry::start().await?;
+            (
+                registry.addr().to_string(),
+                Some(registry.credentials().clone()),
+            )
+        }
+    };
+    tracing::info!("dos: pushing {} into the registry at {addr}", src.image_str);
+    let manifest = push_to_registry(daemon, src, &addr, push_creds.as_ref()).await?;
+    let pull_creds = Credentials::generate("dos-pull");
+    let gate = Gate::new(
+        format!("http://{addr}"),
+        push_creds,
+        pull_creds.clone(),
+        src.image.path.clone(),
+    );
+    let offer = Offer {
+        repository: src.image.path.clone(),
+        manifest,
+        image_id: src.image_id.clone(),
+        username: pull_creds.username.clone(),
+        password: pull_creds.password.clone(),
+    };
+    mux.control(Message::Registry { offer }.to_bytes()).await;
+    loop {
         match events.recv().await {
             Some(Event::Open(stream)) => {
                 let (near, far) = tokio::io::duplex(64 * 1024);
@@ -175,40 +326,67 @@ async fn session(
                     ok,
                     message,
                     image_id,
-                }) => break Ok((ok, message, image_id)),
-                Err(e) => {
-                    break Err(anyhow!(PeerError::ConnectionLost {
-                        detail: format!("unreadable control message: {e}"),
-                        printed: String::new(),
-                    }))
+                }) => {
+                    return outcome(ok, message, image_id).map(|id| (id, None));
                 }
+                Ok(other) => bail!(PeerError::FarFailure(format!(
+                    "unexpected message {other:?}"
+                ))),
+                Err(e) => bail!(lost(format!("unreadable control message: {e}"))),
             },
-            None => {
-                let why = match reader.await {
-                    Ok(Ok(())) => {
-                        "the far side closed the stream before reporting a result".to_string()
-                    }
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                };
-                break Err(anyhow!(PeerError::ConnectionLost {
-                    detail: why,
-                    printed: String::new(),
-                }));
+            None => bail!(lost(end_reason(reader).await)),
+        }
+    }
+}
+
+/// Tag, push, and remove every name this step added, whatever happened.
+/// Returns the manifest digest the push produced.
+async fn push_to_registry(
+    daemon: &Daemon,
+    src: &Source,
+    addr: &str,
+    creds: Option<&Credentials>,
+) -> Result<String> {
+    let repo = format!("{addr}/{}", src.image.path);
+    let tag = src.image.tag.clone().unwrap_or_else(|| "latest".into());
+    let before = names_under(daemon, &src.image_id, addr).await;
+    let pushed = async {
+        daemon.tag(&src.image_str, &repo, &tag).await?;
+        let creds = creds.map(|c| c.docker(addr)).unwrap_or_default();
+        daemon.push(&repo, &tag, creds).await?;
+        manifest_digest(daemon, &src.image_id, &repo).await
+    }
+    .await;
+    for n in names_under(daemon, &src.image_id, addr).await {
+        if !before.contains(&n) {
+            if let Err(e) = daemon.untag(&n).await {
+                tracing::warn!("{e:#}");
             }
         }
-    };
-    let (bytes, took) = progress.finish(match &outcome {
-        Ok((true, _, _)) => "done",
-        _ => "failed",
-    });
-    mux.shutdown().await;
-    let (o, i) = mux.wire_bytes();
-    debug_assert!(o + i >= bytes.min(o + i));
-    match outcome? {
-        (true, _, Some(id)) => Ok((id, o, i, took)),
-        (true, _, None) => Err(PeerError::FarFailure("no image ID reported".into()).into()),
-        (false, message, _) => Err(PeerError::FarFailure(message).into()),
+    }
+    pushed.with_context(|| format!("pushing {} into the registry at {addr}", src.image))
+}
+
+fn outcome(ok: bool, message: String, image_id: Option<String>) -> Result<String> {
+    match (ok, image_id) {
+        (true, Some(id)) => Ok(id),
+        (true, None) => Err(PeerError::FarFailure("no image ID reported".into()).into()),
+        (false, _) => Err(PeerError::FarFailure(message).into()),
+    }
+}
+
+fn lost(detail: String) -> PeerError {
+    PeerError::ConnectionLost {
+        detail,
+        printed: String::new(),
+    }
+}
+
+async fn end_reason(reader: Reader) -> String {
+    match reader.await {
+        Ok(Ok(())) => "the far side closed the stream before reporting a result".to_string(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
     }
 }
 
@@ -282,13 +460,4 @@ async fn manifest_digest(daemon: &Daemon, image_id: &str, repo: &str) -> Result<
         .into_iter()
         .find_map(|d| d.strip_prefix(&prefix).map(str::to_owned))
         .ok_or_else(|| anyhow!("the push left no manifest digest for {repo}"))
-}
-
-fn short(id: &str) -> &str {
-    let hex = id.strip_prefix("sha256:").unwrap_or(id);
-    &hex[..hex.len().min(12)]
-}
-
-fn eprintln_status(s: &str) {
-    tracing::info!("{s}");
 }

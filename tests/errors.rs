@@ -129,13 +129,17 @@ fn image_mismatch_is_refused_naming_both() {
 
 /// The far daemon lives on another host (its own loopback), so its docker
 /// pull through dos's loopback relay fails: the daemon's own message must
-/// reach the pushing user.
+/// reach the pushing user. (The delta path has no such limit; see
+/// transfer.rs.)
 #[test]
 fn far_docker_pull_failure_is_relayed() {
     let e = need_env!();
     let image = with_image(e, "pull-fails");
     let pull = format!("DOCKER_HOST={} dos pull {image}", e.remote);
-    let out = dos(&e.local, &["push", &image, "sh", "-c", &pull]);
+    let out = dos(
+        &e.local,
+        &["push", "--via", "registry", &image, "sh", "-c", &pull],
+    );
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(EXIT_FAR_SIDE), "{err}");
     let error_part = &err[err.find("dos: error").unwrap()..];

@@ -48,7 +48,8 @@ fn push_over_ssh_then_an_update_moves_far_fewer_bytes() {
     let e = need_env!();
     let image = format!("{}:1", unique("ssh-app"));
     let repo = image.split(':').next().unwrap().to_string();
-    let v1 = build_image(&e.local, &image, 3, 4 * 1024 * 1024, "version 1\n");
+    let seed = fresh_seed();
+    let v1 = build_image(&e.local, &image, seed, 4 * 1024 * 1024, "version 1\n");
 
     let ssh = |img: &str| {
         let before = link_bytes(e);
@@ -80,7 +81,7 @@ fn push_over_ssh_then_an_update_moves_far_fewer_bytes() {
         "the first transfer moved only {first} bytes"
     );
 
-    let v2 = build_image(&e.local, &image, 3, 4 * 1024 * 1024, "version 2\n");
+    let v2 = build_image(&e.local, &image, seed, 4 * 1024 * 1024, "version 2\n");
     assert_ne!(v1, v2);
     let second = ssh(&image);
     assert_eq!(image_id(&e.remote, &image).as_deref(), Some(v2.as_str()));
@@ -92,4 +93,103 @@ fn push_over_ssh_then_an_update_moves_far_fewer_bytes() {
     );
     assert_clean(&e.local, &repo);
     assert_clean(&e.remote, &repo);
+}
+
+/// The registry relay end to end over real ssh: the far daemon pulls through
+/// dos pull's loopback relay, which reaches this side's embedded registry.
+#[test]
+fn push_via_registry_relay_over_ssh() {
+    let e = need_env!();
+    let image = format!("{}:1", unique("relay-app"));
+    let repo = image.split(':').next().unwrap().to_string();
+    let id = build_image(
+        &e.local,
+        &image,
+        fresh_seed(),
+        128 * 1024,
+        "via the relay\n",
+    );
+    let out = dos(
+        &e.local,
+        &[
+            "push",
+            "--via",
+            "registry",
+            &image,
+            "ssh",
+            "-F",
+            &e.ssh_config,
+            "remote",
+            &format!("dos pull {image}"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "dos push --via registry failed: {}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("via registry"), "{}", stderr(&out));
+    assert_eq!(image_id(&e.remote, &image).as_deref(), Some(id.as_str()));
+    assert_eq!(run_container(&e.remote, &image), "via the relay");
+    assert_clean(&e.local, &repo);
+    assert_clean(&e.remote, &repo);
+}
+
+/// The far side got the base some other way (docker load): the delta path
+/// still sends only the layers above it, which a registry pull can't.
+#[test]
+fn delta_sends_only_what_a_foreign_base_lacks() {
+    let e = need_env!();
+    let seed = fresh_seed();
+    let image = format!("{}:1", unique("foreign"));
+    let id = build_image(
+        &e.local,
+        &image,
+        seed,
+        3 * 1024 * 1024,
+        "on a foreign base\n",
+    );
+    // Hand the far daemon the whole image by docker save | docker load, then
+    // remove it: its layers stay only as the chain of a differently built
+    // image with the same base.
+    let base = format!("{}:base", unique("foreign"));
+    build_image(&e.local, &base, seed, 3 * 1024 * 1024, "other app\n");
+    let save = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "DOCKER_HOST={} docker save {base} | DOCKER_HOST={} docker load",
+            e.local, e.peer
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        save.status.success(),
+        "{}",
+        String::from_utf8_lossy(&save.stderr)
+    );
+    let pull = format!("DOCKER_HOST={} dos pull {image}", e.peer);
+    let out = dos(&e.local, &["push", &image, "sh", "-c", &pull]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("via delta"), "{err}");
+    assert!(err.contains("the far side has 2 of 3 layers"), "{err}");
+    assert_eq!(image_id(&e.peer, &image).as_deref(), Some(id.as_str()));
+    assert_eq!(run_container(&e.peer, &image), "on a foreign base");
+    // Sent: the small app layer and the config, not the 3 MiB base.
+    let sent: u64 = err
+        .split("via delta; ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("bytes sent in the summary");
+    assert!(
+        sent < 256 * 1024,
+        "sent {sent} bytes for a one-layer delta: {err}"
+    );
+
+    // Pushed again: the far side has the image, almost nothing moves.
+    let out = dos(&e.local, &["push", &image, "sh", "-c", &pull]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("and the image"), "{err}");
 }

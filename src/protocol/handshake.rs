@@ -42,25 +42,18 @@ pub struct Hello {
     pub image: String,
     /// The dos release, for messages only (compatibility is `VERSION`).
     pub release: String,
-    /// Push only: how to fetch the image through the relay.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub offer: Option<Offer>,
+    /// Optional abilities this side offers, e.g. [`FEATURE_DELTA`].
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
-/// The pusher's offer: what to pull through the relay, and the one-time
-/// credentials the relay checks. The stream carrying it is the user's own
-/// channel (usually ssh), so the secret never touches a command line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Offer {
-    /// Repository path inside the relay registry (e.g. `team/app`).
-    pub repository: String,
-    pub tag: String,
-    /// The manifest digest to pull (pinned: a tag could move meanwhile).
-    pub manifest: String,
-    /// The image ID (config digest) the far side must end up with.
-    pub image_id: String,
-    pub username: String,
-    pub password: String,
+/// The side can send (push) or receive and load (pull) a layer delta.
+pub const FEATURE_DELTA: &str = "delta";
+
+impl Hello {
+    pub fn has(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
 }
 
 #[derive(Debug, Error)]
@@ -209,7 +202,7 @@ mod tests {
             role: Role::Pull,
             image: "app:1".into(),
             release: "0.1.0".into(),
-            offer: None,
+            features: vec![],
         }
     }
 

@@ -1,10 +1,24 @@
 //! Control messages: JSON in `Control` frames on stream 0.
+//!
+//! After the handshake the pusher sends a plan ([`Message::Registry`] or
+//! [`Message::Delta`]); for a delta the puller answers [`Message::Have`];
+//! the puller ends the session with [`Message::Outcome`].
 
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
+    /// Plan: pull the image through the relay registry.
+    Registry { offer: Offer },
+    /// Plan: the pusher will stream the layers the far side lacks.
+    Delta {
+        image_id: String,
+        /// The image's layers, bottom first.
+        diff_ids: Vec<String>,
+    },
+    /// The puller has the first `layers` layers' chains (and maybe the image).
+    Have { layers: usize, image: bool },
     /// The puller's final word: the image is in place (with its ID), or why not.
     Outcome {
         ok: bool,
@@ -12,6 +26,21 @@ pub enum Message {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         image_id: Option<String>,
     },
+}
+
+/// How to fetch the image through the relay, and the one-time credentials
+/// the relay checks. The stream carrying it is the user's own channel
+/// (usually ssh), so the secret never touches a command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// Repository path inside the relay registry (e.g. `team/app`).
+    pub repository: String,
+    /// The manifest digest to pull (pinned: a tag could move meanwhile).
+    pub manifest: String,
+    /// The image ID (config digest) the far side must end up with.
+    pub image_id: String,
+    pub username: String,
+    pub password: String,
 }
 
 impl Message {

@@ -125,6 +125,15 @@ pub fn build_image(host: &str, tag: &str, seed: u64, base_bytes: usize, app: &st
     image_id(host, tag).expect("built image")
 }
 
+/// A seed no earlier run used, so a far daemon can't already hold the layer.
+pub fn fresh_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    t ^ (u64::from(std::process::id()) << 32)
+}
+
 pub fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..n)

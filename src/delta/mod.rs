@@ -1,0 +1,17 @@
+//! The delta path, used when both ends are dos and the far daemon uses the
+//! classic image store: learn which layer chains the far daemon has, stream
+//! only the missing layers out of the local daemon's export (zstd on the
+//! wire), verify each on arrival and load them.
+//!
+//! - [`chain`]: diffIDs, chainIDs, and recognising layers in an export.
+//! - [`inventory`]: what the far daemon has.
+//! - [`records`]: the framing inside the compressed stream.
+//! - [`tarstream`]: streaming tar read/write.
+//! - [`send`] / [`receive`]: the two ends.
+
+pub mod chain;
+pub mod inventory;
+pub mod receive;
+pub mod records;
+pub mod send;
+pub mod tarstream;

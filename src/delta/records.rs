@@ -1,0 +1,108 @@
+//! What travels inside the (zstd-compressed) delta stream:
+//!
+//! ```text
+//! 'C' len:u64 bytes          the image config (its sha256 is the image ID)
+//! 'L' diffID:[u8;32] len:u64 bytes   one layer's uncompressed tar
+//! 'E'                        end
+//! ```
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Image configs are small; this bounds what a peer can make us buffer.
+pub const MAX_CONFIG: u64 = 16 << 20;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Record {
+    Config { len: u64 },
+    Layer { diff_id: String, len: u64 },
+    End,
+}
+
+pub async fn write_config<W: AsyncWrite + Unpin>(w: &mut W, config: &[u8]) -> io::Result<()> {
+    w.write_u8(b'C').await?;
+    w.write_u64(config.len() as u64).await?;
+    w.write_all(config).await
+}
+
+/// Write a layer's header; its `len` bytes must follow.
+pub async fn write_layer_header<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    diff_id: &str,
+    len: u64,
+) -> io::Result<()> {
+    let hex = diff_id.strip_prefix("sha256:").unwrap_or(diff_id);
+    let raw = hex::decode(hex).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    w.write_u8(b'L').await?;
+    w.write_all(&raw).await?;
+    w.write_u64(len).await
+}
+
+pub async fn write_end<W: AsyncWrite + Unpin>(w: &mut W) -> io::Result<()> {
+    w.write_u8(b'E').await
+}
+
+/// Read the next record header (the body is the caller's to read).
+pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Record> {
+    match r.read_u8().await? {
+        b'C' => {
+            let len = r.read_u64().await?;
+            if len > MAX_CONFIG {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("config of {len} bytes"),
+                ));
+            }
+            Ok(Record::Config { len })
+        }
+        b'L' => {
+            let mut raw = [0u8; 32];
+            r.read_exact(&mut raw).await?;
+            let len = r.read_u64().await?;
+            Ok(Record::Layer {
+                diff_id: format!("sha256:{}", hex::encode(raw)),
+                len,
+            })
+        }
+        b'E' => Ok(Record::End),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unknown record type {other:#04x}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn roundtrip_and_bad_input() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let mut buf = Vec::new();
+        write_config(&mut buf, b"{}").await.unwrap();
+        write_layer_header(&mut buf, &d, 5).await.unwrap();
+        buf.extend_from_slice(b"12345");
+        write_end(&mut buf).await.unwrap();
+        let mut r = &buf[..];
+        assert_eq!(
+            read_header(&mut r).await.unwrap(),
+            Record::Config { len: 2 }
+        );
+        let mut c = [0u8; 2];
+        r.read_exact(&mut c).await.unwrap();
+        assert_eq!(
+            read_header(&mut r).await.unwrap(),
+            Record::Layer { diff_id: d, len: 5 }
+        );
+        let mut l = [0u8; 5];
+        r.read_exact(&mut l).await.unwrap();
+        assert_eq!(read_header(&mut r).await.unwrap(), Record::End);
+        assert!(read_header(&mut r).await.is_err());
+        assert!(read_header(&mut &b"Z"[..]).await.is_err());
+        let mut big = vec![b'C'];
+        big.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert!(read_header(&mut &big[..]).await.is_err());
+    }
+}
