@@ -33,12 +33,16 @@ pub enum Command {
         dos push registry.example.com/team/app:2 -- ssh deploy@prod 'dos pull registry.example.com/team/app:2'\n\n\
         Environment:\n  \
         DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH   the local daemon, as for the docker CLI\n  \
-        LOCAL_DOCKER_REGISTRY_PORT   use the registry already listening on 127.0.0.1:PORT")]
+        LOCAL_DOCKER_REGISTRY_PORT   use the registry already listening on 127.0.0.1:PORT\n  \
+        DOCKER_REGISTRY_NGROK        ngrok authtoken (or `true` with NGROK_AUTHTOKEN): expose the registry\n  \
+        through ngrok to a daemon that can't reach this machine's loopback (remote docker)")]
     Push(PushArgs),
     /// Receive an image from a dos push; speaks the protocol on stdin/stdout.
     #[command(
-        after_help = "Normally started by `dos push` through ssh, e.g. as an ssh forced command:\n  \
-        command=\"dos pull app:1\",restrict ssh-ed25519 AAAA…"
+        after_help = "Normally started by `dos push` through ssh. Locked down as an ssh forced command:\n  \
+        command=\"dos pull --allow 'app:*'\",restrict ssh-ed25519 AAAA…\n\
+        sshd then runs only this; the pusher's `dos pull IMAGE` arrives in SSH_ORIGINAL_COMMAND and\n\
+        anything else is refused."
     )]
     Pull(PullArgs),
 }
@@ -65,10 +69,20 @@ pub struct PushArgs {
     /// through a relay; `auto` (default) uses delta when both ends can.
     #[arg(long, value_enum, default_value = "auto")]
     pub via: crate::push::Via,
+    /// Print the plan (path, registry, tunnel) and why, then exit without
+    /// starting anything.
+    #[arg(long)]
+    pub explain: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// The image to receive; must match what the pusher offers.
-    pub image: String,
+    /// The image to receive; must match what the pusher offers. Without it:
+    /// the image SSH_ORIGINAL_COMMAND names (an ssh forced command), or the
+    /// pusher's offer when --allow is given.
+    pub image: Option<String>,
+    /// Accept only images matching PATTERN (`*` and `?` wildcards; a pattern
+    /// without a tag allows every tag). Repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub allow: Vec<String>,
 }

@@ -8,12 +8,16 @@
 //! - [`gate`]: what a relay stream may ask of the registry, checked on the pushing side.
 //! - [`docker`]: the Docker daemon API (bollard), connected like the docker CLI.
 //! - [`push`] / [`pull`]: the two commands.
+//! - [`setup`]: what the environment says (CI variables, DOCKER_HOST) and the push plan.
+//! - [`tunnel`]: exposing the registry to a daemon that can't reach our loopback (ngrok).
+//! - [`allow`]: the allow-list and ssh forced-command checks of a locked-down pull.
 //! - [`reference`], [`auth`], [`http`], [`progress`], [`signal`], [`error`]: support.
 //! - [`cli`]: the command-line definition.
 //!
 //! Nothing in this library prints to stdout: on the far side stdout is the
 //! protocol. Logs and progress go to stderr.
 
+pub mod allow;
 pub mod auth;
 pub mod cli;
 pub mod delta;
@@ -28,5 +32,7 @@ pub mod pull;
 pub mod push;
 pub mod reference;
 pub mod registry;
+pub mod setup;
 pub mod signal;
 pub mod transport;
+pub mod tunnel;

@@ -23,24 +23,36 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
     let result = rt.block_on(async {
         match cli.command {
-            Command::Push(a) => dos::push::push(dos::push::PushOptions {
-                image: a.image,
-                command: strip_dashdash(a.command),
-                registry_port: a.registry_port,
-                via: a.via,
-            })
-            .await
-            .map(|r| {
-                tracing::info!(
-                    "dos: {} is on the far daemon (via {}; {} bytes sent, {} received, {:.1}s)",
-                    r.image_id,
-                    r.path,
-                    r.wire_out,
-                    r.wire_in,
-                    r.elapsed.as_secs_f64()
-                )
-            }),
-            Command::Pull(a) => dos::pull::pull(dos::pull::PullOptions { image: a.image }).await,
+            Command::Push(a) => {
+                let mut opts = dos::push::PushOptions::new(a.image, strip_dashdash(a.command));
+                opts.registry_port = a.registry_port;
+                opts.via = a.via;
+                if a.explain {
+                    // The push side's stdout is the user's: the plan goes there.
+                    print!("{}", opts.plan());
+                    return Ok(());
+                }
+                dos::push::push(opts).await.map(|r| {
+                    tracing::info!(
+                        "dos: {} is on the far daemon (via {}; {} bytes sent, {} received, {:.1}s)",
+                        r.image_id,
+                        r.path,
+                        r.wire_out,
+                        r.wire_in,
+                        r.elapsed.as_secs_f64()
+                    )
+                })
+            }
+            Command::Pull(a) => {
+                dos::pull::pull(dos::pull::PullOptions {
+                    image: a.image,
+                    allow: dos::allow::AllowList::new(a.allow),
+                    original_command: std::env::var("SSH_ORIGINAL_COMMAND")
+                        .ok()
+                        .filter(|c| !c.is_empty()),
+                })
+                .await
+            }
         }
     });
     // Don't wait for stray tasks (a stuck stdin read) at exit.

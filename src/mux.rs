@@ -32,7 +32,7 @@ use crate::protocol::frame::{Frame, FrameError, Kind, MAX_PAYLOAD};
 /// Large enough to fill a long fat link with a few streams (docker pulls three
 /// layers at once), small enough that the worst case (`MAX_STREAMS` full
 /// windows) stays a few MiB.
-pub const WINDOW: u32 = 512 * 1024;
+pub const WINDOW: u32 = 4 * 1024 * 1024;
 
 /// Largest data frame we send.
 pub const CHUNK: usize = 32 * 1024;

@@ -11,6 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::allow::{image_from_original_command, AllowList};
 use crate::auth::Credentials;
 use crate::delta::chain::{chain_ids, common_prefix};
 use crate::delta::inventory::{self, Store};
@@ -24,14 +25,48 @@ use crate::reference::ImageRef;
 use crate::registry::path::{valid_name, Digest};
 
 pub struct PullOptions {
-    pub image: String,
+    /// The image to receive. None: the one SSH_ORIGINAL_COMMAND names (an
+    /// ssh forced command), else the one the pusher offers (then `allow`
+    /// must not be empty).
+    pub image: Option<String>,
+    /// Only these images may be received.
+    pub allow: AllowList,
+    /// SSH_ORIGINAL_COMMAND, when sshd ran us as a forced command.
+    pub original_command: Option<String>,
 }
 
 pub async fn pull(opts: PullOptions) -> Result<()> {
-    let wanted = ImageRef::parse(&opts.image)?;
-    wanted.require_taggable(&opts.image)?;
     let mut stdout = tokio::io::stdout();
     let mut stdin = tokio::io::stdin();
+    let fixed = match (&opts.image, &opts.original_command) {
+        (Some(i), _) => Some(i.clone()),
+        (None, Some(cmd)) => Some(image_from_original_command(cmd)?),
+        (None, None) if !opts.allow.is_empty() => None,
+        (None, None) => bail!(
+            "dos pull: no image given (dos pull IMAGE, or --allow PATTERN to take the pusher's)"
+        ),
+    };
+    // Without a fixed image, the pusher's offer names it: read its hello
+    // first (it doesn't wait for ours).
+    let mut early = None;
+    let image = match fixed {
+        Some(i) => i,
+        None => {
+            let (peer, leftover) = handshake::read(&mut stdin)
+                .await
+                .context("reading the pusher's handshake")?;
+            let i = peer.image.clone();
+            early = Some((peer, leftover));
+            i
+        }
+    };
+    let wanted = ImageRef::parse(&image)?;
+    wanted.require_taggable(&image)?;
+    let opts = PullOptions {
+        image: Some(image),
+        ..opts
+    };
+    let image = opts.image.as_deref().unwrap_or_default();
 
     // Which plans this side can follow depends on its daemon. If the daemon
     // is unreachable we still speak, so the pusher learns why.
@@ -42,7 +77,7 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
     };
     let hello = Hello {
         role: Role::Pull,
-        image: opts.image.clone(),
+        image: image.to_string(),
         release: env!("CARGO_PKG_VERSION").into(),
         features: if delta {
             vec![FEATURE_DELTA.into()]
@@ -52,16 +87,27 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
     };
     stdout.write_all(&handshake::encode(&hello)).await?;
     stdout.flush().await?;
-    let (peer, leftover) = handshake::read(&mut stdin)
-        .await
-        .context("reading the pusher's handshake")?;
+    let (peer, leftover) = match early {
+        Some(e) => e,
+        None => handshake::read(&mut stdin)
+            .await
+            .context("reading the pusher's handshake")?,
+    };
     let (mux, events, _reader) = mux::start(stdin, leftover, stdout, Side::Dialer);
 
-    let result = serve(&mux, events, &wanted, &opts.image, peer, daemon).await;
+    let result = if opts.allow.allows(image) {
+        serve(&mux, events, &wanted, image, peer, daemon).await
+    } else {
+        Err(PeerError::Refused(format!(
+            "{image} is not allowed here (dos pull --allow {})",
+            opts.allow.describe()
+        ))
+        .into())
+    };
     let msg = match &result {
         Ok(id) => Message::Outcome {
             ok: true,
-            message: format!("{} is on the far daemon", opts.image),
+            message: format!("{image} is on the far daemon"),
             image_id: Some(id.clone()),
         },
         Err(e) => Message::Outcome {

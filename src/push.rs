@@ -26,8 +26,12 @@ use crate::protocol::handshake::{self, HandshakeError, Hello, Role, FEATURE_DELT
 use crate::protocol::message::{Message, Offer};
 use crate::reference::ImageRef;
 use crate::registry::Registry;
+use crate::setup::{Environment, Exposure, Plan};
 use crate::signal::interruptible;
 use crate::transport::{describe, Transport};
+use crate::tunnel::forward::Forward;
+use crate::tunnel::ngrok::Ngrok;
+use crate::tunnel::{self, Tunnel};
 
 /// How the image travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,7 +50,42 @@ pub struct PushOptions {
     /// Use the registry already listening on 127.0.0.1:PORT.
     pub registry_port: Option<u16>,
     pub via: Via,
+    /// What the environment says (CI variables, DOCKER_HOST).
+    pub env: Environment,
+    /// The local daemon; None: DOCKER_HOST as the docker CLI reads it.
+    pub docker_host: Option<String>,
+    /// Expose the registry through this instead of what the environment
+    /// asks for (the tests use a [`crate::tunnel::guarded::Guarded`] endpoint).
+    pub tunnel: Option<Arc<dyn Tunnel>>,
 }
+
+impl PushOptions {
+    pub fn new(image: impl Into<String>, command: Vec<String>) -> PushOptions {
+        PushOptions {
+            image: image.into(),
+            command,
+            registry_port: None,
+            via: Via::Auto,
+            env: Environment::from_process(),
+            docker_host: None,
+            tunnel: None,
+        }
+    }
+
+    /// What this push will do, and why.
+    pub fn plan(&self) -> Plan {
+        let mut plan = Plan::new(&self.env, self.via, self.registry_port);
+        if let Some(t) = &self.tunnel {
+            plan.exposure = Exposure::Tunnel(t.name());
+        }
+        plan
+    }
+}
+
+/// The registry path can't work from here (a detached daemon, no tunnel).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(pub String);
 
 /// What a successful push did.
 #[derive(Debug)]
@@ -75,8 +114,15 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
     if opts.command.is_empty() {
         bail!("no transport command given (e.g. dos push app:1 ssh host dos pull app:1)");
     }
+    let plan = opts.plan();
+    if let Some(why) = plan.blocked() {
+        bail!(SetupError(format!("not pushing: {why}")));
+    }
     // The image must exist before anything is started or tagged.
-    let daemon = Daemon::connect().await?;
+    let daemon = match &opts.docker_host {
+        Some(h) => Daemon::connect_to(h).await?,
+        None => Daemon::connect().await?,
+    };
     let info = daemon.inspect(&opts.image).await?;
     let src = Source {
         image,
@@ -88,11 +134,7 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
     // The delta path is possible unless the user chose otherwise (a service
     // registry keeps the registry path, as in the original tool) or the
     // local export can't be read layer by layer.
-    let delta_wanted = match opts.via {
-        Via::Registry => false,
-        Via::Delta => true,
-        Via::Auto => opts.registry_port.is_none(),
-    };
+    let delta_wanted = plan.try_delta;
     let delta_possible = delta_wanted && store_kind(&daemon).await? == Store::Classic;
     if opts.via == Via::Delta && !delta_possible {
         bail!("--via delta: the local daemon uses the containerd image store, which the delta path does not read; use --via registry");
@@ -118,6 +160,7 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
         &daemon,
         export,
         &opts,
+        &plan,
     ))
     .await;
     let (status, stderr) = transport.finish(Duration::from_secs(5)).await;
@@ -132,6 +175,7 @@ async fn session(
     daemon: &Daemon,
     export: Option<impl AsyncRead + Send + Unpin + 'static>,
     opts: &PushOptions,
+    plan: &Plan,
 ) -> Result<PushReport> {
     let mut stdin = t.stdin.take().context("transport stdin")?;
     let mut stdout = t.stdout.take().context("transport stdout")?;
@@ -160,6 +204,19 @@ async fn session(
             "--via delta: the far dos can't receive a delta (its daemon uses the containerd image store, or it is an older dos)".into()
         ));
     }
+    if !use_delta {
+        if !plan.registry_allowed {
+            bail!(PeerError::Refused(
+                "the far dos can't receive a delta and the registry path is not allowed here"
+                    .into()
+            ));
+        }
+        if let Exposure::Unreachable(why) = &plan.exposure {
+            bail!(SetupError(format!(
+                "the far dos can't receive a delta, and the registry path can't work: {why}"
+            )));
+        }
+    }
 
     let (mux, events, reader) = mux::start(stdout, leftover, stdin, Side::Listener);
     let started = std::time::Instant::now();
@@ -186,7 +243,7 @@ async fn session(
         .await;
         drive_delta(&mux, events, reader, src, export).await
     } else {
-        drive_registry(&mux, events, reader, src, daemon, opts.registry_port).await
+        drive_registry(&mux, events, reader, src, daemon, opts, plan).await
     };
     progress.finish(if result.is_ok() { "done" } else { "failed" });
     mux.shutdown().await;
@@ -283,10 +340,11 @@ async fn drive_registry(
     reader: Reader,
     src: &Source,
     daemon: &Daemon,
-    registry_port: Option<u16>,
+    opts: &PushOptions,
+    plan: &Plan,
 ) -> Result<(String, Option<SendStats>)> {
     let registry;
-    let (addr, push_creds) = match registry_port {
+    let (addr, push_creds) = match plan.registry_port {
         Some(port) => (format!("127.0.0.1:{port}"), None),
         None => {
             registry = Registry::start().await?;
@@ -296,8 +354,43 @@ async fn drive_registry(
             )
         }
     };
-    tracing::info!("dos: pushing {} into the registry at {addr}", src.image_str);
-    let manifest = push_to_registry(daemon, src, &addr, push_creds.as_ref()).await?;
+    let tunnel: Option<Arc<dyn Tunnel>> = match (&opts.tunnel, &plan.exposure) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Exposure::Ngrok(token)) => Some(Arc::new(Ngrok::new(token.clone()))),
+        _ => None,
+    };
+    let manifest = match tunnel {
+        None => {
+            tracing::info!("dos: pushing {} into the registry at {addr}", src.image_str);
+            push_to_registry(daemon, src, &addr, push_creds.as_ref()).await?
+        }
+        Some(tunnel) => {
+            // Credentials for this push only; the endpoint admits nothing else.
+            let creds = Credentials::generate("dos-push");
+            let endpoint = tunnel
+                .open(&creds)
+                .await
+                .with_context(|| format!("exposing the registry through {}", tunnel.name()))?;
+            let forward = Forward::new(
+                format!("http://{addr}"),
+                push_creds.clone(),
+                creds.clone(),
+                endpoint.edge_checks_auth(),
+                src.image.path.clone(),
+            );
+            let serving = tunnel::serve(endpoint, forward);
+            let host = serving.host().to_string();
+            tracing::info!(
+                "dos: pushing {} through {} ({host})",
+                src.image_str,
+                tunnel.name()
+            );
+            let pushed = push_to_registry(daemon, src, &host, Some(&creds)).await;
+            // Closed as soon as the push is done, whatever its outcome.
+            serving.close().await;
+            pushed?
+        }
+    };
     let pull_creds = Credentials::generate("dos-pull");
     let gate = Gate::new(
         format!("http://{addr}"),

@@ -16,6 +16,11 @@ pub struct Env {
     pub link: String,
     pub netns: String,
     pub busybox: PathBuf,
+    /// The remote daemon over tcp: from here, a detached daemon whose
+    /// loopback is not ours (like CI remote docker).
+    pub detached: String,
+    /// This host's address on the link (reachable from the remote host).
+    pub local_ip: String,
 }
 
 /// The environment, or `None` when the tests run outside `tests/run.sh`
@@ -35,6 +40,8 @@ pub fn env() -> Option<&'static Env> {
                 link: get("DOS_TEST_LINK")?,
                 netns: get("DOS_TEST_NETNS")?,
                 busybox: get("DOS_TEST_BUSYBOX")?.into(),
+                detached: get("DOS_TEST_DETACHED")?,
+                local_ip: get("DOS_TEST_LOCAL_IP")?,
             })
         })();
         if e.is_none() && get("DOS_TEST_REQUIRE").is_some() {
@@ -156,6 +163,11 @@ pub fn image_id(host: &str, image: &str) -> Option<String> {
 /// Every name (tags and digest references) on a daemon that points into a
 /// loopback registry: what a transfer must not leave behind.
 pub fn loopback_names(host: &str, repo: &str) -> Vec<String> {
+    names_under(host, "127.0.0.1:", repo)
+}
+
+/// Every name on a daemon under registry host `prefix` for `repo`.
+pub fn names_under(host: &str, prefix: &str, repo: &str) -> Vec<String> {
     let ids = docker(host, &["image", "ls", "-q", "--no-trunc"]);
     let mut names = Vec::new();
     for id in ids.lines().filter(|l| !l.is_empty()) {
@@ -170,7 +182,7 @@ pub fn loopback_names(host: &str, repo: &str) -> Vec<String> {
             ],
         );
         for n in String::from_utf8_lossy(&out.stdout).split(['"', ',', '[', ']', ' ']) {
-            if n.starts_with("127.0.0.1:") && n.contains(&format!("/{repo}")) {
+            if n.starts_with(prefix) && n.contains(&format!("/{repo}")) {
                 names.push(n.to_string());
             }
         }
@@ -185,11 +197,19 @@ pub fn run_container(host: &str, image: &str) -> String {
 
 /// Run `dos ARGS` with the local daemon as DOCKER_HOST.
 pub fn dos(docker_host: &str, args: &[&str]) -> Output {
+    dos_env(docker_host, args, &[])
+}
+
+/// `dos ARGS` with extra environment variables.
+pub fn dos_env(docker_host: &str, args: &[&str], vars: &[(&str, &str)]) -> Output {
     Command::new(dos_bin())
         .args(args)
         .env("DOCKER_HOST", docker_host)
         .env("PATH", path_with_dos())
         .env_remove("LOCAL_DOCKER_REGISTRY_PORT")
+        .env_remove("DOCKER_REGISTRY_NGROK")
+        .env_remove("NGROK_AUTHTOKEN")
+        .envs(vars.iter().copied())
         .output()
         .expect("running dos")
 }

@@ -4,6 +4,7 @@
 #
 #   env.sh up DIR     start everything; writes DIR/env (variables for the tests)
 #   env.sh down DIR   stop everything and remove DIR
+#   RATE=20mbit env.sh shape DIR    shape the link (RATE=none: unshaped)
 #
 # What it starts:
 #   local   dockerd in this network namespace            DIR/local.sock
@@ -42,15 +43,16 @@ wait_daemon() {
   return 1
 }
 
-start_dockerd() {  # NAME [NETNS]
+start_dockerd() {  # NAME [NETNS [EXTRA ARGS…]]
   local name=$1 ns=${2:-}
+  shift; shift || true
   local pre=()
   [[ -n $ns ]] && pre=(nsenter --net=/run/netns/$ns)
   "${pre[@]}" dockerd --data-root "$DIR/$name" --exec-root "$DIR/${name}x" \
     -H "unix://$DIR/$name.sock" --pidfile "$DIR/$name.pid" \
     --bridge=none --iptables=false --ip-masq=false \
     --containerd-namespace "dos-$name" --containerd-plugins-namespace "dos-$name-p" \
-    >"$DIR/$name.log" 2>&1 &
+    "$@" >"$DIR/$name.log" 2>&1 &
 }
 
 up() {
@@ -73,7 +75,10 @@ up() {
 
   start_dockerd local
   start_dockerd peer
-  start_dockerd remote "$ns"
+  # The remote daemon also listens on tcp on the far host's address: from
+  # here it is a "detached" daemon (like CI remote docker) whose loopback is
+  # not ours.
+  start_dockerd remote "$ns" -H "tcp://$rip:2375" --insecure-registry 10.251.0.0/16
 
   # sshd on the remote host, key-only, with the dos under test on PATH.
   ssh-keygen -q -t ed25519 -N '' -f "$DIR/id" -C dos-test
@@ -124,6 +129,10 @@ export DOS_TEST_REMOTE=unix://$DIR/remote.sock
 export DOS_TEST_SSH_CONFIG=$DIR/ssh_config
 export DOS_TEST_NETNS=$ns
 export DOS_TEST_LINK=$lif
+export DOS_TEST_REMOTE_LINK=$rif
+export DOS_TEST_REMOTE_IP=$rip
+export DOS_TEST_DETACHED=tcp://$rip:2375
+export DOS_TEST_LOCAL_IP=$lip
 export DOS_TEST_BUSYBOX=/bin/busybox
 ENV
   echo "env.sh: up in $DIR" >&2
@@ -148,6 +157,21 @@ down() {
   # Daemons leave mounts under their data roots.
   grep " $DIR/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$DIR"
+}
+
+# Shape the link both ways with tbf (this kernel has no netem), or remove
+# the shaping with RATE "none".
+shape() {
+  local rate=${RATE:?RATE is required}
+  read -r ns lif <"$DIR/netns"
+  local rif=dosr${lif#dosl}
+  if [[ $rate == none ]]; then
+    tc qdisc del dev "$lif" root 2>/dev/null || true
+    ip netns exec "$ns" tc qdisc del dev "$rif" root 2>/dev/null || true
+  else
+    tc qdisc replace dev "$lif" root tbf rate "$rate" burst 32kb latency 2s
+    ip netns exec "$ns" tc qdisc replace dev "$rif" root tbf rate "$rate" burst 32kb latency 2s
+  fi
 }
 
 cmd=${1:?usage: env.sh up|down DIR}

@@ -1,0 +1,160 @@
+//! What a locked-down `dos pull` accepts: an allow-list of image patterns,
+//! and the command an ssh forced command was asked to run.
+//!
+//! With `command="dos pull --allow 'app:*'",restrict` in authorized_keys,
+//! sshd runs that instead of what the pusher asked for, and puts the
+//! pusher's command in SSH_ORIGINAL_COMMAND. It must be exactly
+//! `dos pull IMAGE`; anything else is refused without running it.
+
+use anyhow::{bail, Result};
+
+use crate::reference::ImageRef;
+
+/// Image name patterns: `*` matches any run of characters, `?` one. A
+/// pattern without a tag matches every tag of that name. Matched against
+/// the reference as given (`app:1`) and its canonical form
+/// (`docker.io/library/app:1`) and docker's short form of it.
+#[derive(Debug, Clone, Default)]
+pub struct AllowList {
+    patterns: Vec<String>,
+}
+
+impl AllowList {
+    pub fn new(patterns: Vec<String>) -> AllowList {
+        let patterns = patterns
+            .into_iter()
+            .map(|p| {
+                let last = p.rsplit('/').next().unwrap_or(&p);
+                if last.contains(':') || last.contains('@') || p.ends_with('*') {
+                    p
+                } else {
+                    format!("{p}:*")
+                }
+            })
+            .collect();
+        AllowList { patterns }
+    }
+
+    /// No patterns: every image the pull was started for is allowed.
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    pub fn allows(&self, image: &str) -> bool {
+        if self.patterns.is_empty() {
+            return true;
+        }
+        let Ok(r) = ImageRef::parse(image) else {
+            return false;
+        };
+        let canonical = r.canonical();
+        // The short form docker shows (`app:1` for docker.io/library/app:1).
+        let familiar = canonical
+            .strip_prefix("docker.io/library/")
+            .or_else(|| canonical.strip_prefix("docker.io/"))
+            .map(str::to_owned);
+        let mut forms = vec![image.to_string(), canonical.clone()];
+        forms.extend(familiar);
+        if r.tag.is_none() && r.digest.is_none() {
+            forms.push(format!("{image}:latest"));
+        }
+        self.patterns
+            .iter()
+            .any(|p| forms.iter().any(|f| glob(p.as_bytes(), f.as_bytes())))
+    }
+
+    pub fn describe(&self) -> String {
+        self.patterns.join(", ")
+    }
+}
+
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    // Iterative matching with one backtrack point: linear enough for names.
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// The image named by an ssh forced command's SSH_ORIGINAL_COMMAND, which
+/// must be `dos pull [-v…] IMAGE` (dos by name or path).
+pub fn image_from_original_command(cmd: &str) -> Result<String> {
+    let refuse = || -> Result<String> {
+        bail!("this ssh key may only run `dos pull IMAGE`; refused to run: {cmd:?}")
+    };
+    let Some(words) = shlex::split(cmd) else {
+        return refuse();
+    };
+    let mut it = words.iter().map(String::as_str);
+    let program = it.next().unwrap_or_default();
+    if program.rsplit('/').next() != Some("dos") || it.next() != Some("pull") {
+        return refuse();
+    }
+    let rest: Vec<&str> = it
+        .filter(|w| !matches!(*w, "-v" | "-vv" | "--verbose" | "--"))
+        .collect();
+    match rest.as_slice() {
+        [image] if !image.starts_with('-') => Ok(image.to_string()),
+        _ => refuse(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let a = AllowList::new(vec!["app:*".into(), "registry.example.com/team/*".into()]);
+        assert!(a.allows("app:1"));
+        assert!(a.allows("app"));
+        assert!(a.allows("docker.io/library/app:2"));
+        assert!(!a.allows("other:1"));
+        assert!(!a.allows("app2:1"));
+        assert!(a.allows("registry.example.com/team/web:3"));
+        assert!(!a.allows("registry.example.com/other/web:3"));
+        let bare = AllowList::new(vec!["web".into()]);
+        assert!(bare.allows("web:9") && !bare.allows("webx:9"));
+        assert!(AllowList::default().allows("anything:1"));
+        assert!(!a.allows("NOT A REF"));
+    }
+
+    #[test]
+    fn original_commands() {
+        assert_eq!(
+            image_from_original_command("dos pull app:1").unwrap(),
+            "app:1"
+        );
+        assert!(image_from_original_command("/usr/local/bin/dos -v pull 'app:1'").is_err());
+        assert_eq!(
+            image_from_original_command("/usr/local/bin/dos pull -v app:1").unwrap(),
+            "app:1"
+        );
+        for bad in [
+            "echo pwned",
+            "dos pull app:1; rm -rf /",
+            "dos pull app:1 other:2",
+            "dos pull --allow '*' app:1",
+            "dos push app:1 sh",
+            "sh -c 'dos pull app:1'",
+            "dos pull",
+            "dos pull 'unterminated",
+        ] {
+            assert!(image_from_original_command(bad).is_err(), "{bad}");
+        }
+    }
+}
