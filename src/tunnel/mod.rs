@@ -57,7 +57,7 @@ pub trait Endpoint: Send {
 /// An endpoint being served; [`Serving::close`] ends it.
 pub struct Serving {
     host: String,
-    task: JoinHandle<Box<dyn Endpoint>>,
+    task: Option<JoinHandle<Box<dyn Endpoint>>>,
     stop: tokio_util::sync::CancellationToken,
 }
 
@@ -67,11 +67,22 @@ impl Serving {
     }
 
     /// Stop accepting, drop open connections and close the endpoint.
-    pub async fn close(self) {
+    pub async fn close(mut self) {
         self.stop.cancel();
-        if let Ok(ep) = self.task.await {
+        if let Some(Ok(ep)) = match self.task.take() {
+            Some(t) => Some(t.await),
+            None => None,
+        } {
             ep.close().await;
         }
+    }
+}
+
+impl Drop for Serving {
+    /// Dropped without `close` (the push was interrupted): stop serving at
+    /// once; the accept loop then drops the endpoint, which closes it.
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -103,5 +114,9 @@ pub fn serve(mut endpoint: Box<dyn Endpoint>, forward: Arc<Forward>) -> Serving 
         }
         endpoint
     });
-    Serving { host, task, stop }
+    Serving {
+        host,
+        task: Some(task),
+        stop,
+    }
 }
