@@ -9,9 +9,7 @@
 
 use std::sync::Arc;
 
-use futures_util::TryStreamExt;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use hyper::header::{ACCEPT, AUTHORIZATION, RANGE};
 use hyper::{Method, Request, Response, StatusCode};
 
@@ -19,16 +17,13 @@ use crate::auth::Credentials;
 use crate::http::Body;
 use crate::registry::path::{self, Route};
 use crate::registry::server::{error, unauthorized};
+use crate::upstream::{or_unavailable, respond, Upstream};
 
 pub struct Gate {
-    /// The registry, e.g. `http://127.0.0.1:41234`.
-    upstream: String,
-    /// What the gate presents to the registry (the embedded one wants it).
-    upstream_auth: Option<Credentials>,
+    upstream: Upstream,
     /// What the far side must present.
     expected: Credentials,
     repository: String,
-    client: reqwest::Client,
 }
 
 /// Response headers worth passing back to the daemon.
@@ -50,14 +45,9 @@ impl Gate {
         repository: String,
     ) -> Arc<Gate> {
         Arc::new(Gate {
-            upstream,
-            upstream_auth,
+            upstream: Upstream::new(upstream, upstream_auth, true),
             expected,
             repository,
-            client: reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .expect("a plain HTTP client builds"),
         })
     }
 
@@ -76,17 +66,7 @@ impl Gate {
                 "this relay serves only reads of the offered image",
             );
         }
-        match self.forward(req).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!("relay: forwarding to the registry failed: {e:#}");
-                error(
-                    StatusCode::BAD_GATEWAY,
-                    "UNAVAILABLE",
-                    "registry unreachable",
-                )
-            }
-        }
+        or_unavailable("relay", self.forward(req).await)
     }
 
     fn allowed(&self, method: &Method, path: &str) -> bool {
@@ -103,32 +83,21 @@ impl Gate {
     }
 
     async fn forward(&self, req: Request<Incoming>) -> anyhow::Result<Response<Body>> {
-        let url = format!("{}{}", self.upstream, req.uri().path());
         let method = if req.method() == Method::HEAD {
             reqwest::Method::HEAD
         } else {
             reqwest::Method::GET
         };
-        let mut out = self.client.request(method, url);
-        for name in [ACCEPT, RANGE] {
-            for v in req.headers().get_all(&name) {
-                out = out.header(name.as_str(), v.as_bytes());
-            }
-        }
-        if let Some(c) = &self.upstream_auth {
-            out = out.header(AUTHORIZATION.as_str(), c.basic_header());
-        }
-        let resp = out.send().await?;
-        let mut b = Response::builder().status(resp.status().as_u16());
-        for (k, v) in resp.headers() {
-            if PASS_HEADERS.contains(&k.as_str()) {
-                b = b.header(k.as_str(), v.as_bytes());
-            }
-        }
-        let stream = resp
-            .bytes_stream()
-            .map_ok(Frame::data)
-            .map_err(std::io::Error::other);
-        Ok(b.body(BodyExt::boxed(StreamBody::new(stream)))?)
+        let resp = self
+            .upstream
+            .request(
+                method,
+                req.uri().path(),
+                req.headers(),
+                &[ACCEPT.as_str(), RANGE.as_str()],
+            )
+            .send()
+            .await?;
+        respond(resp, PASS_HEADERS)
     }
 }

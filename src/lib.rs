@@ -6,6 +6,7 @@
 //! - [`transport`]: the user's command (ssh …) whose stdio carries the protocol.
 //! - [`registry`]: the embedded OCI registry (paths, storage, HTTP).
 //! - [`gate`]: what a relay stream may ask of the registry, checked on the pushing side.
+//! - [`upstream`]: forwarding to the registry on 127.0.0.1 (for the gate and the tunnel).
 //! - [`docker`]: the Docker daemon API (bollard), connected like the docker CLI.
 //! - [`push`] / [`pull`]: the two commands.
 //! - [`setup`]: what the environment says (CI variables, DOCKER_HOST) and the push plan.
@@ -36,3 +37,4 @@ pub mod setup;
 pub mod signal;
 pub mod transport;
 pub mod tunnel;
+pub mod upstream;

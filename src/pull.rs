@@ -48,25 +48,17 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
     };
     // Without a fixed image, the pusher's offer names it: read its hello
     // first (it doesn't wait for ours).
-    let mut early = None;
-    let image = match fixed {
-        Some(i) => i,
+    let (image, early) = match fixed {
+        Some(i) => (i, None),
         None => {
             let (peer, leftover) = handshake::read(&mut stdin)
                 .await
                 .context("reading the pusher's handshake")?;
-            let i = peer.image.clone();
-            early = Some((peer, leftover));
-            i
+            (peer.image.clone(), Some((peer, leftover)))
         }
     };
     let wanted = ImageRef::parse(&image)?;
     wanted.require_taggable(&image)?;
-    let opts = PullOptions {
-        image: Some(image),
-        ..opts
-    };
-    let image = opts.image.as_deref().unwrap_or_default();
 
     // Which plans this side can follow depends on its daemon. If the daemon
     // is unreachable we still speak, so the pusher learns why.
@@ -77,7 +69,7 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
     };
     let hello = Hello {
         role: Role::Pull,
-        image: image.to_string(),
+        image: image.clone(),
         release: env!("CARGO_PKG_VERSION").into(),
         features: if delta {
             vec![FEATURE_DELTA.into()]
@@ -95,8 +87,8 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
     };
     let (mux, events, _reader) = mux::start(stdin, leftover, stdout, Side::Dialer);
 
-    let result = if opts.allow.allows(image) {
-        serve(&mux, events, &wanted, image, peer, daemon).await
+    let result = if opts.allow.allows(&image) {
+        serve(&mux, events, &wanted, &image, peer, daemon).await
     } else {
         Err(PeerError::Refused(format!(
             "{image} is not allowed here (dos pull --allow {})",

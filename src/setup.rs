@@ -192,27 +192,26 @@ impl Plan {
             reasons.push(format!("running under {ci:?}"));
         }
         reasons.push(format!("local daemon: {}", env.docker_host));
-        let (try_delta, registry_allowed) = match via {
-            Via::Delta => {
+        let (try_delta, registry_allowed) = match (via, registry_port) {
+            (Via::Delta, _) => {
                 reasons.push(
                     "--via delta: only layers the far daemon lacks, read through the daemon API"
                         .into(),
                 );
                 (true, false)
             }
-            Via::Registry => {
+            (Via::Registry, _) => {
                 reasons
                     .push("--via registry: the far daemon docker-pulls through the relay".into());
                 (false, true)
             }
-            Via::Auto if registry_port.is_some() => {
+            (Via::Auto, Some(port)) => {
                 reasons.push(format!(
-                    "LOCAL_DOCKER_REGISTRY_PORT={}: the registry path through that registry, as in the original tool",
-                    registry_port.unwrap_or_default()
+                    "LOCAL_DOCKER_REGISTRY_PORT={port}: the registry path through that registry, as in the original tool"
                 ));
                 (false, true)
             }
-            Via::Auto => {
+            (Via::Auto, None) => {
                 reasons.push("delta when the far dos supports it (only the layers it lacks), else the registry relay".into());
                 (true, true)
             }
@@ -299,18 +298,15 @@ mod tests {
     #[test]
     fn docker_hosts() {
         assert!(env(&[]).docker_host.reaches_our_loopback());
-        assert!(env(&[("DOCKER_HOST", "unix:///run/d.sock")])
-            .docker_host
-            .reaches_our_loopback());
-        assert!(env(&[("DOCKER_HOST", "tcp://127.0.0.1:2375")])
-            .docker_host
-            .reaches_our_loopback());
-        assert!(env(&[("DOCKER_HOST", "tcp://localhost:2375")])
-            .docker_host
-            .reaches_our_loopback());
-        assert!(env(&[("DOCKER_HOST", "tcp://[::1]:2376")])
-            .docker_host
-            .reaches_our_loopback());
+        for host in [
+            "unix:///run/d.sock",
+            "tcp://127.0.0.1:2375",
+            "tcp://localhost:2375",
+            "tcp://[::1]:2376",
+        ] {
+            let e = env(&[("DOCKER_HOST", host)]);
+            assert!(e.docker_host.reaches_our_loopback(), "{host}");
+        }
         let circle = env(&[
             ("DOCKER_HOST", "tcp://10.0.0.5:2376"),
             ("DOCKER_TLS_VERIFY", "1"),

@@ -53,7 +53,7 @@ fn strings(v: &Value, out: &mut Vec<String>) {
 fn expand(s: &str) -> String {
     let mut out = String::new();
     let mut rest = s;
-    while let Some(i) = rest.find(['$']) {
+    while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
         let len = if let Some(inner) = after.strip_prefix("{{") {

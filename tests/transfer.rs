@@ -5,6 +5,21 @@ mod common;
 
 use common::*;
 
+/// `dos push [flags] IMAGE ssh remote dos pull IMAGE`, which must succeed.
+fn push_over_ssh(e: &Env, flags: &[&str], image: &str) -> std::process::Output {
+    let pull = format!("dos pull {image}");
+    let mut args = vec!["push"];
+    args.extend_from_slice(flags);
+    args.extend([image, "ssh", "-F", &e.ssh_config, "remote", &pull]);
+    let out = dos(&e.local, &args);
+    assert!(
+        out.status.success(),
+        "dos push {flags:?} over ssh failed: {}",
+        stderr(&out)
+    );
+    out
+}
+
 fn assert_clean(host: &str, repo: &str) {
     let left = loopback_names(host, repo);
     assert!(left.is_empty(), "temporary names left on {host}: {left:?}");
@@ -53,23 +68,7 @@ fn push_over_ssh_then_an_update_moves_far_fewer_bytes() {
 
     let ssh = |img: &str| {
         let before = link_bytes(e);
-        let out = dos(
-            &e.local,
-            &[
-                "push",
-                img,
-                "ssh",
-                "-F",
-                &e.ssh_config,
-                "remote",
-                &format!("dos pull {img}"),
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "dos push over ssh failed: {}",
-            stderr(&out)
-        );
+        push_over_ssh(e, &[], img);
         link_bytes(e) - before
     };
 
@@ -109,25 +108,7 @@ fn push_via_registry_relay_over_ssh() {
         128 * 1024,
         "via the relay\n",
     );
-    let out = dos(
-        &e.local,
-        &[
-            "push",
-            "--via",
-            "registry",
-            &image,
-            "ssh",
-            "-F",
-            &e.ssh_config,
-            "remote",
-            &format!("dos pull {image}"),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "dos push --via registry failed: {}",
-        stderr(&out)
-    );
+    let out = push_over_ssh(e, &["--via", "registry"], &image);
     assert!(stderr(&out).contains("via registry"), "{}", stderr(&out));
     assert_eq!(image_id(&e.remote, &image).as_deref(), Some(id.as_str()));
     assert_eq!(run_container(&e.remote, &image), "via the relay");

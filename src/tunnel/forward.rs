@@ -8,27 +8,24 @@
 use std::sync::Arc;
 
 use futures_util::TryStreamExt;
-use http_body_util::{BodyExt, BodyStream, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::header::AUTHORIZATION;
+use http_body_util::BodyStream;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, LOCATION};
 use hyper::{Request, Response, StatusCode};
 
 use crate::auth::Credentials;
 use crate::http::Body;
 use crate::registry::path::{self, Route};
 use crate::registry::server::{error, unauthorized};
+use crate::upstream::{or_unavailable, respond, Upstream};
 
 pub struct Forward {
-    /// The registry, e.g. `http://127.0.0.1:41234`.
-    upstream: String,
-    /// What we present to the registry (the embedded one wants it).
-    upstream_auth: Option<Credentials>,
+    upstream: Upstream,
     /// What the daemon must present.
     expected: Credentials,
     /// The endpoint's edge already refused requests without credentials.
     edge_checked: bool,
     repository: String,
-    client: reqwest::Client,
 }
 
 const REQUEST_HEADERS: &[&str] = &[
@@ -61,16 +58,11 @@ impl Forward {
         repository: String,
     ) -> Arc<Forward> {
         Arc::new(Forward {
-            upstream,
-            upstream_auth,
+            // Redirects go back to the daemon, through the tunnel.
+            upstream: Upstream::new(upstream, upstream_auth, false),
             expected,
             edge_checked,
             repository,
-            client: reqwest::Client::builder()
-                .no_proxy()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("a plain HTTP client builds"),
         })
     }
 
@@ -96,21 +88,11 @@ impl Forward {
                 "this endpoint takes only the push of one repository",
             );
         }
-        match self.forward(req).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!("tunnel: forwarding to the registry failed: {e:#}");
-                error(
-                    StatusCode::BAD_GATEWAY,
-                    "UNAVAILABLE",
-                    "registry unreachable",
-                )
-            }
-        }
+        or_unavailable("tunnel", self.forward(req).await)
     }
 
     async fn forward(&self, req: Request<Incoming>) -> anyhow::Result<Response<Body>> {
-        let mut url = format!("{}{}", self.upstream, req.uri().path());
+        let mut target = req.uri().path().to_string();
         if let Some(q) = req.uri().query() {
             // A cross-repository mount names another repository: drop the
             // query so the registry starts a plain upload instead.
@@ -118,43 +100,26 @@ impl Forward {
                 .split('&')
                 .any(|kv| kv.starts_with("mount=") || kv.starts_with("from="))
             {
-                url.push('?');
-                url.push_str(q);
+                target.push('?');
+                target.push_str(q);
             }
         }
         let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())?;
-        let mut out = self.client.request(method, url);
-        for name in REQUEST_HEADERS {
-            for v in req.headers().get_all(*name) {
-                out = out.header(*name, v.as_bytes());
-            }
-        }
-        if let Some(c) = &self.upstream_auth {
-            out = out.header(AUTHORIZATION.as_str(), c.basic_header());
-        }
+        let out = self
+            .upstream
+            .request(method, &target, req.headers(), REQUEST_HEADERS);
         let body = BodyStream::new(req.into_body())
             .try_filter_map(|f| async move { Ok(f.into_data().ok()) });
         let resp = out.body(reqwest::Body::wrap_stream(body)).send().await?;
-        let mut b = Response::builder().status(resp.status().as_u16());
-        for (k, v) in resp.headers() {
-            if !RESPONSE_HEADERS.contains(&k.as_str()) {
-                continue;
-            }
-            if k == "location" {
-                // The daemon must come back through the tunnel, not to our
-                // loopback: make absolute locations relative.
-                let loc = String::from_utf8_lossy(v.as_bytes());
-                let rel = relative_location(&loc);
-                b = b.header("location", rel);
-                continue;
-            }
-            b = b.header(k.as_str(), v.as_bytes());
+        let mut r = respond(resp, RESPONSE_HEADERS)?;
+        // The daemon must come back through the tunnel, not to our
+        // loopback: make absolute locations relative.
+        if let Some(loc) = r.headers().get(LOCATION) {
+            let rel = relative_location(&String::from_utf8_lossy(loc.as_bytes()));
+            r.headers_mut()
+                .insert(LOCATION, HeaderValue::from_str(&rel)?);
         }
-        let stream = resp
-            .bytes_stream()
-            .map_ok(Frame::data)
-            .map_err(std::io::Error::other);
-        Ok(b.body(BodyExt::boxed(StreamBody::new(stream)))?)
+        Ok(r)
     }
 }
 

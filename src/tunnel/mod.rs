@@ -69,11 +69,10 @@ impl Serving {
     /// Stop accepting, drop open connections and close the endpoint.
     pub async fn close(mut self) {
         self.stop.cancel();
-        if let Some(Ok(ep)) = match self.task.take() {
-            Some(t) => Some(t.await),
-            None => None,
-        } {
-            ep.close().await;
+        if let Some(task) = self.task.take() {
+            if let Ok(ep) = task.await {
+                ep.close().await;
+            }
         }
     }
 }
