@@ -73,6 +73,25 @@ pub struct PushArgs {
     /// starting anything.
     #[arg(long)]
     pub explain: bool,
+    #[command(flatten)]
+    pub link: LinkArgs,
+}
+
+/// Options both ends share.
+#[derive(Debug, Args)]
+pub struct LinkArgs {
+    /// Give up when nothing at all arrives from the other side for SECONDS
+    /// (both ends send heartbeats, so silence means the link is gone).
+    /// At least 5.
+    #[arg(long, env = "DOS_IDLE_TIMEOUT", value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(5..))]
+    pub idle_timeout: u64,
+}
+
+impl LinkArgs {
+    pub fn idle(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.idle_timeout)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -85,4 +104,6 @@ pub struct PullArgs {
     /// without a tag allows every tag). Repeatable.
     #[arg(long, value_name = "PATTERN")]
     pub allow: Vec<String>,
+    #[command(flatten)]
+    pub link: LinkArgs,
 }

@@ -4,7 +4,7 @@
 //! |------|---------|
 //! | 0    | the image is on the far daemon |
 //! | 1    | any other failure |
-//! | 2    | bad command line (clap), or a setup that can't work (e.g. a detached daemon and no tunnel) |
+//! | 2    | bad command line (clap, an invalid image reference), or a setup that can't work (e.g. a detached daemon and no tunnel) |
 //! | 3    | local Docker: daemon unreachable, image not found |
 //! | 4    | transport: command not found, far side not speaking dos, version mismatch, connection lost |
 //! | 5    | the far side refused or failed (e.g. its docker pull) |
@@ -50,7 +50,8 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if cause.is::<Interrupted>() {
             return 130;
         }
-        if cause.is::<crate::push::SetupError>() {
+        if cause.is::<crate::push::SetupError>() || cause.is::<crate::reference::InvalidReference>()
+        {
             return 2;
         }
         if cause.is::<DaemonError>() {

@@ -27,6 +27,7 @@ fn main() {
                 let mut opts = dos::push::PushOptions::new(a.image, strip_dashdash(a.command));
                 opts.registry_port = a.registry_port;
                 opts.via = a.via;
+                opts.idle = a.link.idle();
                 if a.explain {
                     // The push side's stdout is the user's: the plan goes there.
                     print!("{}", opts.plan());
@@ -50,6 +51,7 @@ fn main() {
                     original_command: std::env::var("SSH_ORIGINAL_COMMAND")
                         .ok()
                         .filter(|c| !c.is_empty()),
+                    idle: a.link.idle(),
                 })
                 .await
             }

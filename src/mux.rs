@@ -13,11 +13,19 @@
 //!   routes them; it never waits on anything but the transport, so one stream
 //!   can't block another's delivery;
 //! - per stream, two pumps between the stream and its endpoint (a socket, or
-//!   an in-memory pipe to an HTTP server).
+//!   an in-memory pipe to an HTTP server);
+//! - when both sides speak `heartbeat`, one ticker sending a `Ping` every
+//!   [`HEARTBEAT`].
+//!
+//! Liveness: a link can die without a word (a laptop's Wi-Fi drops, a NAT
+//! forgets the connection); ssh then waits for TCP, which can take hours. With
+//! heartbeats on, the reader gives up when nothing at all has arrived for the
+//! idle limit, so both ends notice within seconds and clean up.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
@@ -43,6 +51,42 @@ pub const MAX_STREAMS: usize = 64;
 /// Frames queued for the writer (bounded: a full queue applies back-pressure).
 const QUEUE: usize = 64;
 
+/// How often a heartbeat goes out (when the peer understands them).
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// The shortest idle limit allowed: a few heartbeats must fit in it.
+pub const MIN_IDLE: Duration = Duration::from_secs(5);
+
+/// Keep-alive for a session, agreed in the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// Send a `Ping` every [`HEARTBEAT`] (the peer understands them).
+    pub heartbeat: bool,
+    /// End the session when nothing arrives for this long (the peer sends
+    /// heartbeats, so silence means the link is gone).
+    pub idle: Option<Duration>,
+}
+
+impl Liveness {
+    /// No heartbeats and no idle limit (a peer without the feature).
+    pub const OFF: Liveness = Liveness {
+        heartbeat: false,
+        idle: None,
+    };
+
+    /// Heartbeats both ways and an idle limit if the peer speaks them.
+    pub fn with_peer(peer_heartbeats: bool, idle: Duration) -> Liveness {
+        if peer_heartbeats {
+            Liveness {
+                heartbeat: true,
+                idle: Some(idle.max(MIN_IDLE)),
+            }
+        } else {
+            Liveness::OFF
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum MuxError {
     #[error("bad frame from the other side: {0}")]
@@ -51,6 +95,8 @@ pub enum MuxError {
     Protocol(String),
     #[error("transport read failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("nothing arrived from the other side for {} s: the link seems to be down", .0.as_secs())]
+    Idle(Duration),
 }
 
 /// Something the owner of the session must handle.
@@ -129,6 +175,7 @@ pub fn start<R, W>(
     leftover: BytesMut,
     writer: W,
     side: Side,
+    liveness: Liveness,
 ) -> (
     Mux,
     mpsc::UnboundedReceiver<Event>,
@@ -151,7 +198,18 @@ where
     });
     tokio::spawn(write_loop(writer, out_rx, shared.clone()));
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    let reader_task = tokio::spawn(read_loop(reader, leftover, shared.clone(), ev_tx));
+    let reader_done = CancellationToken::new();
+    if liveness.heartbeat {
+        tokio::spawn(heartbeat(Arc::downgrade(&shared), reader_done.clone()));
+    }
+    let reader_task = tokio::spawn(read_loop(
+        reader,
+        leftover,
+        shared.clone(),
+        ev_tx,
+        liveness.idle,
+        reader_done,
+    ));
     (Mux { shared }, ev_rx, reader_task)
 }
 
@@ -310,11 +368,36 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Send a `Ping` every [`HEARTBEAT`] until the session is gone. Holds the
+/// session weakly so it never keeps a dropped one alive.
+async fn heartbeat(shared: Weak<Shared>, reader_done: CancellationToken) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = reader_done.cancelled() => return,
+        }
+        let Some(out) = shared.upgrade().map(|s| s.out.clone()) else {
+            return;
+        };
+        if out
+            .send(Out::Frame(Frame::new(Kind::Ping, 0, Bytes::new())))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
 async fn read_loop<R: AsyncRead + Unpin>(
     mut reader: R,
     mut buf: BytesMut,
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<Event>,
+    idle: Option<Duration>,
+    reader_done: CancellationToken,
 ) -> Result<(), MuxError> {
     let result = async {
         loop {
@@ -324,13 +407,21 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     .fetch_add(frame.wire_len() as u64, Ordering::Relaxed);
                 route(&shared, &events, frame)?;
             }
-            if reader.read_buf(&mut buf).await? == 0 {
+            let read = reader.read_buf(&mut buf);
+            let n = match idle {
+                Some(limit) => tokio::time::timeout(limit, read)
+                    .await
+                    .map_err(|_| MuxError::Idle(limit))??,
+                None => read.await?,
+            };
+            if n == 0 {
                 Frame::check_eof(&buf)?;
                 return Ok(());
             }
         }
     }
     .await;
+    reader_done.cancel();
     shared.reset_all(match &result {
         Ok(()) => "the other side closed the session",
         Err(_) => "session failed",
@@ -346,6 +437,10 @@ fn route(
     let id = frame.stream;
     if frame.kind == Kind::Control {
         let _ = events.send(Event::Control(frame.payload));
+        return Ok(());
+    }
+    if frame.kind == Kind::Ping {
+        // Its arrival is the point: the reader's idle clock has restarted.
         return Ok(());
     }
     if id == 0 {
@@ -414,7 +509,7 @@ fn route(
                 slot.credit.add_permits(credit as usize);
             }
         }
-        Kind::Control => unreachable!("handled above"),
+        Kind::Control | Kind::Ping => unreachable!("handled above"),
     }
     Ok(())
 }
@@ -506,4 +601,59 @@ async fn reset(shared: &Arc<Shared>, id: u32, why: &str) {
     shared
         .send(Frame::new(Kind::Reset, id, why.as_bytes().to_vec()))
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    /// A session whose peer never says anything ends with `Idle` once the
+    /// limit passes (time is simulated: the test takes no real 5 s).
+    #[tokio::test(start_paused = true)]
+    async fn silence_ends_the_session() {
+        let (a, _b) = tokio::io::duplex(1024);
+        let (rd, wr) = tokio::io::split(a);
+        let live = Liveness::with_peer(true, LIMIT);
+        let (_mux, _events, reader) = start(rd, BytesMut::new(), wr, Side::Dialer, live);
+        match reader.await.unwrap() {
+            Err(MuxError::Idle(d)) => assert_eq!(d, LIMIT),
+            other => panic!("expected an idle error, got {other:?}"),
+        }
+    }
+
+    /// With heartbeats from the peer, an otherwise silent session lives on.
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_keep_a_quiet_session_alive() {
+        let (a, b) = tokio::io::duplex(1024);
+        let (ard, awr) = tokio::io::split(a);
+        let (brd, bwr) = tokio::io::split(b);
+        let live = Liveness::with_peer(true, LIMIT);
+        let (_ma, _ea, ra) = start(ard, BytesMut::new(), awr, Side::Dialer, live);
+        let (mb, _eb, rb) = start(brd, BytesMut::new(), bwr, Side::Listener, live);
+        tokio::time::sleep(LIMIT * 10).await;
+        assert!(!ra.is_finished() && !rb.is_finished());
+        // A clean close is still a clean end.
+        mb.shutdown().await;
+        assert!(ra.await.unwrap().is_ok());
+    }
+
+    /// Without the feature nothing is sent and nothing times out.
+    #[tokio::test(start_paused = true)]
+    async fn off_means_no_limit() {
+        let (a, _b) = tokio::io::duplex(1024);
+        let (rd, wr) = tokio::io::split(a);
+        let live = Liveness::with_peer(false, LIMIT);
+        assert_eq!(live, Liveness::OFF);
+        let (_mux, _events, reader) = start(rd, BytesMut::new(), wr, Side::Dialer, live);
+        tokio::time::sleep(LIMIT * 10).await;
+        assert!(!reader.is_finished());
+    }
+
+    #[test]
+    fn the_idle_limit_has_a_floor() {
+        let live = Liveness::with_peer(true, Duration::from_secs(1));
+        assert_eq!(live.idle, Some(MIN_IDLE));
+    }
 }

@@ -4,6 +4,7 @@
 //!
 //! stdout IS the protocol here: nothing else may be written to it.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -16,11 +17,12 @@ use crate::auth::Credentials;
 use crate::delta::chain::{chain_ids, common_prefix};
 use crate::delta::inventory::{self, Store};
 use crate::delta::receive::{self, ReceivePlan};
+use crate::delta::spool::{Entry, Spool};
 use crate::docker::Daemon;
 use crate::error::PeerError;
-use crate::mux::{self, Event, Mux, Side};
-use crate::protocol::handshake::{self, Hello, Role, FEATURE_DELTA};
-use crate::protocol::message::{Message, Offer};
+use crate::mux::{self, Event, Liveness, Mux, Side};
+use crate::protocol::handshake::{self, Hello, Role, FEATURE_DELTA, FEATURE_HEARTBEAT};
+use crate::protocol::message::{Message, Offer, Resume};
 use crate::reference::ImageRef;
 use crate::registry::path::{valid_name, Digest};
 
@@ -33,6 +35,8 @@ pub struct PullOptions {
     pub allow: AllowList,
     /// SSH_ORIGINAL_COMMAND, when sshd ran us as a forced command.
     pub original_command: Option<String>,
+    /// Give up when nothing arrives from the pusher for this long.
+    pub idle: Duration,
 }
 
 pub async fn pull(opts: PullOptions) -> Result<()> {
@@ -72,9 +76,9 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
         image: image.clone(),
         release: env!("CARGO_PKG_VERSION").into(),
         features: if delta {
-            vec![FEATURE_DELTA.into()]
+            vec![FEATURE_DELTA.into(), FEATURE_HEARTBEAT.into()]
         } else {
-            vec![]
+            vec![FEATURE_HEARTBEAT.into()]
         },
     };
     stdout.write_all(&handshake::encode(&hello)).await?;
@@ -85,7 +89,8 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
             .await
             .context("reading the pusher's handshake")?,
     };
-    let (mux, events, _reader) = mux::start(stdin, leftover, stdout, Side::Dialer);
+    let liveness = Liveness::with_peer(peer.has(FEATURE_HEARTBEAT), opts.idle);
+    let (mux, events, _reader) = mux::start(stdin, leftover, stdout, Side::Dialer, liveness);
 
     let result = if opts.allow.allows(&image) {
         serve(&mux, events, &wanted, &image, peer, daemon).await
@@ -108,9 +113,12 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
             image_id: None,
         },
     };
-    mux.control(msg.to_bytes()).await;
     // Bounded: if the pusher is gone, the write fails or stalls; don't hang.
-    let _ = tokio::time::timeout(Duration::from_secs(10), mux.shutdown()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        mux.control(msg.to_bytes()).await;
+        mux.shutdown().await
+    })
+    .await;
     result.map(|_| ())
 }
 
@@ -177,6 +185,7 @@ async fn via_delta(
             Message::Have {
                 layers: diff_ids.len(),
                 image: true,
+                resume: Vec::new(),
             }
             .to_bytes(),
         )
@@ -184,15 +193,44 @@ async fn via_delta(
         return Ok(image_id);
     }
     let have = common_prefix(&chain_ids(&diff_ids), &inventory::chains(daemon).await?);
+    // Layers an interrupted transfer left in the spool: held (locked) from
+    // now on, and offered so the pusher sends only the rest.
+    let spool = Spool::from_env();
+    let held: HashMap<String, Entry> = spool
+        .as_ref()
+        .map(|s| {
+            diff_ids[have..]
+                .iter()
+                .filter_map(|d| s.existing(d).map(|e| (d.clone(), e)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let resume: Vec<Resume> = held
+        .values()
+        .map(|e| Resume {
+            diff_id: e.diff_id.clone(),
+            offset: e.len(),
+        })
+        .collect();
     tracing::info!(
-        "dos: receiving {} of {} layers",
+        "dos: receiving {} of {} layers{}",
         diff_ids.len() - have,
-        diff_ids.len()
+        diff_ids.len(),
+        if resume.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} bytes of {} of them are in the resume spool)",
+                resume.iter().map(|r| r.offset).sum::<u64>(),
+                resume.len()
+            )
+        }
     );
     mux.control(
         Message::Have {
             layers: have,
             image: false,
+            resume,
         }
         .to_bytes(),
     )
@@ -207,12 +245,14 @@ async fn via_delta(
     };
     let (near, far) = tokio::io::duplex(256 * 1024);
     mux.attach(stream, near);
-    let plan = ReceivePlan {
+    let mut plan = ReceivePlan {
         image_id,
         diff_ids,
         have,
+        spool,
+        held,
     };
-    receive::receive(daemon, far, &plan).await?;
+    receive::receive(daemon, far, &mut plan).await?;
     // Trust the daemon's word, not ours: the loaded image must be the one offered.
     let got = daemon.inspect(&plan.image_id).await.map_err(|_| {
         anyhow!(PeerError::FarFailure(format!(
@@ -220,6 +260,7 @@ async fn via_delta(
             plan.image_id
         )))
     })?;
+    plan.clean_spool();
     got.id
         .ok_or_else(|| anyhow!("the daemon reported no image ID"))
 }

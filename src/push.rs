@@ -20,9 +20,11 @@ use crate::delta::send::{self, SendPlan, SendStats};
 use crate::docker::Daemon;
 use crate::error::PeerError;
 use crate::gate::Gate;
-use crate::mux::{self, Event, Mux, MuxError, Side};
+use crate::mux::{self, Event, Liveness, Mux, MuxError, Side};
 use crate::progress::Progress;
-use crate::protocol::handshake::{self, HandshakeError, Hello, Role, FEATURE_DELTA};
+use crate::protocol::handshake::{
+    self, HandshakeError, Hello, Role, FEATURE_DELTA, FEATURE_HEARTBEAT,
+};
 use crate::protocol::message::{Message, Offer};
 use crate::reference::ImageRef;
 use crate::registry::Registry;
@@ -57,7 +59,14 @@ pub struct PushOptions {
     /// Expose the registry through this instead of what the environment
     /// asks for (the tests use a [`crate::tunnel::guarded::Guarded`] endpoint).
     pub tunnel: Option<Arc<dyn Tunnel>>,
+    /// Give up when nothing arrives from the far side for this long (the far
+    /// dos sends heartbeats, so silence means the link is gone).
+    pub idle: Duration,
 }
+
+/// The default idle limit: long enough for a congested mobile link, short
+/// enough that a dead one is noticed while the user still watches.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(30);
 
 impl PushOptions {
     pub fn new(image: impl Into<String>, command: Vec<String>) -> PushOptions {
@@ -69,6 +78,7 @@ impl PushOptions {
             env: Environment::from_process(),
             docker_host: None,
             tunnel: None,
+            idle: DEFAULT_IDLE,
         }
     }
 
@@ -147,9 +157,9 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
         image: opts.image.clone(),
         release: env!("CARGO_PKG_VERSION").into(),
         features: if delta_possible {
-            vec![FEATURE_DELTA.into()]
+            vec![FEATURE_DELTA.into(), FEATURE_HEARTBEAT.into()]
         } else {
-            vec![]
+            vec![FEATURE_HEARTBEAT.into()]
         },
     };
     let mut transport = Transport::spawn(&opts.command)?;
@@ -218,7 +228,8 @@ async fn session(
         }
     }
 
-    let (mux, events, reader) = mux::start(stdout, leftover, stdin, Side::Listener);
+    let liveness = Liveness::with_peer(peer.has(FEATURE_HEARTBEAT), opts.idle);
+    let (mux, events, reader) = mux::start(stdout, leftover, stdin, Side::Listener, liveness);
     let started = std::time::Instant::now();
     let m = mux.clone();
     let progress = Progress::start(
@@ -246,7 +257,10 @@ async fn session(
         drive_registry(&mux, events, reader, src, daemon, opts, plan).await
     };
     progress.finish(if result.is_ok() { "done" } else { "failed" });
-    mux.shutdown().await;
+    // Flush and close our half; bounded, as a dead link never drains. After
+    // a failure there is nothing left worth waiting for.
+    let grace = Duration::from_secs(if result.is_ok() { 10 } else { 1 });
+    let _ = tokio::time::timeout(grace, mux.shutdown()).await;
     let (far_id, stats) = result?;
     if far_id != src.image_id {
         bail!(PeerError::FarFailure(format!(
@@ -289,7 +303,7 @@ async fn drive_delta(
                     mux.reject(stream, "unexpected stream").await;
                 }
                 Some(Event::Control(bytes)) => match Message::from_bytes(&bytes) {
-                    Ok(Message::Have { layers, image }) => {
+                    Ok(Message::Have { layers, image, resume }) => {
                         if layers > src.diff_ids.len() {
                             bail!(PeerError::FarFailure(format!("the far side claims {layers} layers of {}", src.diff_ids.len())));
                         }
@@ -306,7 +320,8 @@ async fn drive_delta(
                         let stream = mux.open().await?;
                         let (near, far) = tokio::io::duplex(256 * 1024);
                         mux.attach(stream, near);
-                        let plan = SendPlan { image_id: src.image_id.clone(), diff_ids: src.diff_ids.clone(), have: layers };
+                        let resume = resume.into_iter().map(|r| (r.diff_id, r.offset)).collect();
+                        let plan = SendPlan { image_id: src.image_id.clone(), diff_ids: src.diff_ids.clone(), have: layers, resume };
                         sender = Some(tokio::spawn(async move { send::send(export, &plan, far).await }));
                     }
                     Ok(Message::Outcome { ok, message, image_id }) => {

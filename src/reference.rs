@@ -1,8 +1,17 @@
 //! Docker image references: `[domain[:port]/]path[:tag][@digest]`.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::registry::path::{valid_name, valid_tag, Digest};
+
+/// A reference Docker would not accept (or `dos pull` can't tag): a usage
+/// error, exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid image reference {given:?}: {why}")]
+pub struct InvalidReference {
+    pub given: String,
+    pub why: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRef {
@@ -16,7 +25,12 @@ pub struct ImageRef {
 
 impl ImageRef {
     pub fn parse(s: &str) -> Result<ImageRef> {
-        let bad = |why: &str| anyhow::anyhow!("invalid image reference {s:?}: {why}");
+        let bad = |why: &str| {
+            anyhow::Error::new(InvalidReference {
+                given: s.to_string(),
+                why: why.to_string(),
+            })
+        };
         if s.is_empty() {
             return Err(bad("empty"));
         }
@@ -113,9 +127,12 @@ impl ImageRef {
     /// References a `dos pull` can create: a tag, no digest.
     pub fn require_taggable(&self, original: &str) -> Result<()> {
         if self.digest.is_some() {
-            bail!(
-                "{original:?} names a digest; dos pull needs a tag to give the image (e.g. app:1)"
-            );
+            return Err(InvalidReference {
+                given: original.to_string(),
+                why: "it names a digest; dos pull needs a tag to give the image (e.g. app:1)"
+                    .into(),
+            }
+            .into());
         }
         Ok(())
     }

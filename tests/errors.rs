@@ -154,3 +154,34 @@ fn unknown_flag_is_a_usage_error() {
     let out = dos("unix:///nonexistent", &["push", "--no-such-flag"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn invalid_references_are_usage_errors_and_start_nothing() {
+    let marker = tempfile::tempdir().unwrap().path().join("started");
+    let touch = format!("touch {}", marker.display());
+    // Checked before the daemon is asked: needs no environment.
+    for bad in ["App:1", "app:", "app::1", "a b", "app@sha256:123", ""] {
+        let out = dos("unix:///nonexistent", &["push", bad, "sh", "-c", &touch]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("invalid image reference"),
+            "{bad:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(!marker.exists(), "the transport command was started");
+}
+
+#[test]
+fn an_invalid_reference_on_the_far_side_is_shown_to_the_pusher() {
+    let e = need_env!();
+    let image = with_image(e, "far-bad-ref");
+    let pull = format!("DOCKER_HOST={} dos pull 'Not/Valid:1'", e.peer);
+    let out = dos(&e.local, &["push", &image, "sh", "-c", &pull]);
+    assert_eq!(out.status.code(), Some(EXIT_TRANSPORT), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid image reference \"Not/Valid:1\""),
+        "{}",
+        stderr(&out)
+    );
+}

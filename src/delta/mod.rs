@@ -7,6 +7,7 @@
 //! - [`inventory`]: what the far daemon has.
 //! - [`records`]: the framing inside the compressed stream.
 //! - [`tarstream`]: streaming tar read/write.
+//! - [`spool`]: the far side's resume spool.
 //! - [`send`] / [`receive`]: the two ends.
 
 pub mod chain;
@@ -14,4 +15,5 @@ pub mod inventory;
 pub mod receive;
 pub mod records;
 pub mod send;
+pub mod spool;
 pub mod tarstream;

@@ -6,8 +6,13 @@
 //! file whose chain it already has. The manifest is written here, from the
 //! verified config, with no tags (the caller tags after checking the image
 //! ID), so a peer can't name or overwrite anything through it.
+//!
+//! Each layer's bytes also go to the resume spool as they arrive. A layer
+//! the pusher resumes is replayed from the spool first, then completed from
+//! the wire, and the whole of it is hashed: a spool holding anything but the
+//! layer's true prefix fails the check and is deleted.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -22,6 +27,7 @@ use tokio::sync::mpsc;
 
 use super::records::{self, Record};
 use super::send::ZSTD_WINDOW_LOG;
+use super::spool::{Entry, Spool};
 use super::tarstream;
 use crate::docker::Daemon;
 
@@ -31,13 +37,27 @@ pub struct ReceivePlan {
     pub image_id: String,
     pub diff_ids: Vec<String>,
     pub have: usize,
+    /// Where arriving layers are kept for a rerun (None: off).
+    pub spool: Option<Spool>,
+    /// Spool files this transfer holds, by diffID: those offered to the
+    /// pusher for resuming, and those written since.
+    pub held: HashMap<String, Entry>,
+}
+
+impl ReceivePlan {
+    /// The image is loaded: its spooled layers are no longer needed.
+    pub fn clean_spool(&mut self) {
+        for (_, e) in self.held.drain() {
+            e.remove();
+        }
+    }
 }
 
 /// Receive the stream and load it. Returns the loaded image ID.
 pub async fn receive<R: AsyncRead + Unpin>(
     daemon: &Daemon,
     input: R,
-    plan: &ReceivePlan,
+    plan: &mut ReceivePlan,
 ) -> Result<String> {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
     let load = tokio::spawn(load(daemon.clone(), rx));
@@ -55,15 +75,12 @@ pub async fn receive<R: AsyncRead + Unpin>(
 
 async fn feed<R: AsyncRead + Unpin>(
     input: R,
-    plan: &ReceivePlan,
+    plan: &mut ReceivePlan,
     tx: &mpsc::Sender<io::Result<Bytes>>,
 ) -> Result<()> {
     let params = [DParameter::window_log_max(ZSTD_WINDOW_LOG)];
     let mut dec = ZstdDecoder::with_params(BufReader::new(input), &params);
-    let expected: HashSet<&str> = plan.diff_ids[plan.have..]
-        .iter()
-        .map(String::as_str)
-        .collect();
+    let expected: HashSet<String> = plan.diff_ids[plan.have..].iter().cloned().collect();
     let mut got: HashSet<String> = HashSet::new();
     let mut config: Option<Vec<u8>> = None;
     let send = |b: Bytes| async move {
@@ -91,37 +108,23 @@ async fn feed<R: AsyncRead + Unpin>(
                 config = Some(c);
             }
             Record::Layer { diff_id, len } => {
-                if !expected.contains(diff_id.as_str()) || got.contains(&diff_id) {
-                    bail!("the pusher sent layer {diff_id}, which was not asked for");
-                }
-                let hex = diff_id.trim_start_matches("sha256:");
-                send(Bytes::copy_from_slice(&tarstream::file_header(
-                    &format!("{hex}/layer.tar"),
-                    len,
-                )?))
-                .await?;
-                let mut hasher = Sha256::new();
-                let mut left = len;
-                while left > 0 {
-                    let mut buf = vec![0u8; CHUNK.min(left as usize)];
-                    dec.read_exact(&mut buf)
-                        .await
-                        .with_context(|| format!("receiving layer {diff_id}"))?;
-                    hasher.update(&buf);
-                    left -= buf.len() as u64;
-                    send(Bytes::from(buf)).await?;
-                }
-                let h = format!("sha256:{}", hex::encode(hasher.finalize()));
-                if h != diff_id {
-                    bail!("integrity: layer {diff_id} arrived with content hashing to {h}; nothing was loaded");
-                }
-                send(Bytes::from(tarstream::pad_for(len))).await?;
+                check_wanted(&expected, &got, &diff_id)?;
+                layer(&mut dec, &send, plan, &expected, &diff_id, len, 0).await?;
+                got.insert(diff_id);
+            }
+            Record::Resume {
+                diff_id,
+                len,
+                offset,
+            } => {
+                check_wanted(&expected, &got, &diff_id)?;
+                layer(&mut dec, &send, plan, &expected, &diff_id, len, offset).await?;
                 got.insert(diff_id);
             }
             Record::End => break,
         }
     }
-    let missing: Vec<&&str> = expected.iter().filter(|d| !got.contains(**d)).collect();
+    let missing: Vec<&String> = expected.iter().filter(|d| !got.contains(*d)).collect();
     if !missing.is_empty() {
         bail!("the stream ended without layers {missing:?}");
     }
@@ -146,6 +149,100 @@ async fn feed<R: AsyncRead + Unpin>(
         send(Bytes::from(pad)).await?;
     }
     send(Bytes::copy_from_slice(&tarstream::trailer())).await?;
+    Ok(())
+}
+
+fn check_wanted(expected: &HashSet<String>, got: &HashSet<String>, diff_id: &str) -> Result<()> {
+    if !expected.contains(diff_id) || got.contains(diff_id) {
+        bail!("the pusher sent layer {diff_id}, which was not asked for");
+    }
+    Ok(())
+}
+
+/// One layer into the archive: its first `offset` bytes from the spool (the
+/// pusher resumes there), the rest from the stream, all of it hashed and
+/// checked against the diffID before the archive goes on.
+async fn layer<R, F, Fut>(
+    dec: &mut R,
+    send: &F,
+    plan: &mut ReceivePlan,
+    expected: &HashSet<String>,
+    diff_id: &str,
+    len: u64,
+    offset: u64,
+) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    F: Fn(Bytes) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut entry = if offset > 0 {
+        let e = plan.held.remove(diff_id).filter(|e| e.len() >= offset);
+        let Some(e) = e else {
+            bail!("the pusher resumed layer {diff_id} at byte {offset}, which this side did not offer");
+        };
+        Some(e)
+    } else {
+        // Sent whole: any spooled prefix is overwritten.
+        match plan.held.remove(diff_id) {
+            Some(mut e) => {
+                e.truncate(0);
+                Some(e)
+            }
+            None => plan
+                .spool
+                .as_ref()
+                .and_then(|s| s.create(diff_id, len, expected)),
+        }
+    };
+    let hex = diff_id.trim_start_matches("sha256:");
+    send(Bytes::copy_from_slice(&tarstream::file_header(
+        &format!("{hex}/layer.tar"),
+        len,
+    )?))
+    .await?;
+    let mut hasher = Sha256::new();
+    let mut pos = 0u64;
+    if let Some(e) = entry.as_mut().filter(|_| offset > 0) {
+        while pos < offset {
+            let mut buf = vec![0u8; CHUNK.min((offset - pos) as usize)];
+            let n = e
+                .read_at(pos, &mut buf)
+                .with_context(|| format!("reading layer {diff_id} from the resume spool"))?;
+            if n == 0 {
+                bail!("the resume spool's copy of layer {diff_id} ended early");
+            }
+            buf.truncate(n);
+            hasher.update(&buf);
+            pos += n as u64;
+            send(Bytes::from(buf)).await?;
+        }
+        e.truncate(offset);
+    }
+    while pos < len {
+        let mut buf = vec![0u8; CHUNK.min((len - pos) as usize)];
+        dec.read_exact(&mut buf)
+            .await
+            .with_context(|| format!("receiving layer {diff_id}"))?;
+        hasher.update(&buf);
+        pos += buf.len() as u64;
+        if let Some(e) = entry.as_mut() {
+            e.append(&buf);
+        }
+        send(Bytes::from(buf)).await?;
+    }
+    let h = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if h != diff_id {
+        if let Some(e) = entry {
+            e.remove();
+        }
+        bail!("integrity: layer {diff_id} arrived with content hashing to {h}; nothing was loaded");
+    }
+    send(Bytes::from(tarstream::pad_for(len))).await?;
+    if let Some(mut e) = entry.filter(Entry::usable) {
+        e.sync();
+        plan.held.insert(diff_id.to_string(), e);
+    }
     Ok(())
 }
 

@@ -3,6 +3,9 @@
 //! ```text
 //! 'C' len:u64 bytes          the image config (its sha256 is the image ID)
 //! 'L' diffID:[u8;32] len:u64 bytes   one layer's uncompressed tar
+//! 'P' diffID:[u8;32] len:u64 offset:u64 bytes
+//!                            the same layer, minus the first `offset` bytes,
+//!                            which the far side holds in its resume spool
 //! 'E'                        end
 //! ```
 
@@ -15,8 +18,18 @@ pub const MAX_CONFIG: u64 = 16 << 20;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Record {
-    Config { len: u64 },
-    Layer { diff_id: String, len: u64 },
+    Config {
+        len: u64,
+    },
+    Layer {
+        diff_id: String,
+        len: u64,
+    },
+    Resume {
+        diff_id: String,
+        len: u64,
+        offset: u64,
+    },
     End,
 }
 
@@ -32,11 +45,29 @@ pub async fn write_layer_header<W: AsyncWrite + Unpin>(
     diff_id: &str,
     len: u64,
 ) -> io::Result<()> {
-    let hex = diff_id.strip_prefix("sha256:").unwrap_or(diff_id);
-    let raw = hex::decode(hex).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let raw = digest_bytes(diff_id)?;
     w.write_u8(b'L').await?;
     w.write_all(&raw).await?;
     w.write_u64(len).await
+}
+
+/// Write a resumed layer's header; its `len - offset` last bytes must follow.
+pub async fn write_resume_header<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    diff_id: &str,
+    len: u64,
+    offset: u64,
+) -> io::Result<()> {
+    let raw = digest_bytes(diff_id)?;
+    w.write_u8(b'P').await?;
+    w.write_all(&raw).await?;
+    w.write_u64(len).await?;
+    w.write_u64(offset).await
+}
+
+fn digest_bytes(diff_id: &str) -> io::Result<Vec<u8>> {
+    let hex = diff_id.strip_prefix("sha256:").unwrap_or(diff_id);
+    hex::decode(hex).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
 pub async fn write_end<W: AsyncWrite + Unpin>(w: &mut W) -> io::Result<()> {
@@ -63,6 +94,23 @@ pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Record> 
             Ok(Record::Layer {
                 diff_id: format!("sha256:{}", hex::encode(raw)),
                 len,
+            })
+        }
+        b'P' => {
+            let mut raw = [0u8; 32];
+            r.read_exact(&mut raw).await?;
+            let len = r.read_u64().await?;
+            let offset = r.read_u64().await?;
+            if offset > len {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a layer resumed at {offset} of {len} bytes"),
+                ));
+            }
+            Ok(Record::Resume {
+                diff_id: format!("sha256:{}", hex::encode(raw)),
+                len,
+                offset,
             })
         }
         b'E' => Ok(Record::End),
@@ -94,11 +142,32 @@ mod tests {
         r.read_exact(&mut c).await.unwrap();
         assert_eq!(
             read_header(&mut r).await.unwrap(),
-            Record::Layer { diff_id: d, len: 5 }
+            Record::Layer {
+                diff_id: d.clone(),
+                len: 5
+            }
         );
         let mut l = [0u8; 5];
         r.read_exact(&mut l).await.unwrap();
         assert_eq!(read_header(&mut r).await.unwrap(), Record::End);
+        assert!(read_header(&mut r).await.is_err());
+
+        let mut buf = Vec::new();
+        write_resume_header(&mut buf, &d, 10, 4).await.unwrap();
+        write_end(&mut buf).await.unwrap();
+        let mut r = &buf[..];
+        assert_eq!(
+            read_header(&mut r).await.unwrap(),
+            Record::Resume {
+                diff_id: d.clone(),
+                len: 10,
+                offset: 4
+            }
+        );
+        assert_eq!(read_header(&mut r).await.unwrap(), Record::End);
+        let mut past = Vec::new();
+        write_resume_header(&mut past, &d, 4, 10).await.unwrap();
+        assert!(read_header(&mut &past[..]).await.is_err());
         assert!(read_header(&mut r).await.is_err());
         assert!(read_header(&mut &b"Z"[..]).await.is_err());
         let mut big = vec![b'C'];

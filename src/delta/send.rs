@@ -40,6 +40,8 @@ pub struct SendPlan {
     pub diff_ids: Vec<String>,
     /// Leading layers the far side already has.
     pub have: usize,
+    /// Layers the far side holds the first bytes of (diffID → byte count).
+    pub resume: HashMap<String, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -48,6 +50,8 @@ pub struct SendStats {
     pub layers_skipped: usize,
     /// Uncompressed bytes put into the stream.
     pub raw_bytes: u64,
+    /// Uncompressed bytes not sent because the far side's spool had them.
+    pub resumed_bytes: u64,
 }
 
 /// Start exporting an image (`docker save`) right away: the daemon takes a
@@ -101,18 +105,21 @@ where
         } else if file == "layer.tar" && is_hex64(dir) {
             match dirs.get(dir).map(|&i| plan.diff_ids[i].clone()) {
                 Some(d) if missing.contains(d.as_str()) && !sent.contains(&d) => {
-                    stream_layer(&mut tar, &mut enc, &d, entry.size).await?;
-                    stats.raw_bytes += entry.size;
+                    let skip = resume_offset(plan, &d, entry.size);
+                    stream_layer(&mut tar, &mut enc, &d, entry.size, skip).await?;
+                    stats.count(entry.size, skip);
                     sent.insert(d);
                 }
                 Some(_) => stats.layers_skipped += 1,
-                None => {
-                    if spool_layer(&mut tar, &mut enc, entry.size, &missing, &mut sent).await? {
-                        stats.raw_bytes += entry.size;
-                    } else {
-                        stats.layers_skipped += 1;
+                None => match spool_layer(&mut tar, &mut enc, entry.size, &missing, &sent, plan)
+                    .await?
+                {
+                    Some((d, skip)) => {
+                        stats.count(entry.size, skip);
+                        sent.insert(d);
                     }
-                }
+                    None => stats.layers_skipped += 1,
+                },
             }
         } else if let Some(hex) = path.strip_prefix("blobs/sha256/") {
             let d = format!("sha256:{hex}");
@@ -120,8 +127,9 @@ where
                 send_config(&mut tar, &mut enc, &plan.image_id).await?;
                 config_sent = true;
             } else if missing.contains(d.as_str()) && !sent.contains(&d) {
-                stream_layer(&mut tar, &mut enc, &d, entry.size).await?;
-                stats.raw_bytes += entry.size;
+                let skip = resume_offset(plan, &d, entry.size);
+                stream_layer(&mut tar, &mut enc, &d, entry.size, skip).await?;
+                stats.count(entry.size, skip);
                 sent.insert(d);
             }
         } else if path == format!("{image_hex}.json") && !config_sent {
@@ -157,16 +165,54 @@ async fn send_config<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Copy a layer of known identity into the stream, checking its digest.
+impl SendStats {
+    fn count(&mut self, len: u64, skipped: u64) {
+        self.raw_bytes += len - skipped;
+        self.resumed_bytes += skipped;
+    }
+}
+
+/// How many leading bytes of a layer the far side's spool holds; a claim
+/// past the layer's end is ignored (the layer is sent whole).
+fn resume_offset(plan: &SendPlan, diff_id: &str, len: u64) -> u64 {
+    plan.resume
+        .get(diff_id)
+        .copied()
+        .filter(|&o| o <= len)
+        .unwrap_or(0)
+}
+
+async fn write_header<W: AsyncWrite + Unpin>(
+    enc: &mut W,
+    diff_id: &str,
+    len: u64,
+    skip: u64,
+) -> Result<()> {
+    if skip > 0 {
+        tracing::info!(
+            "dos: resuming layer {} at {skip} of {len} bytes",
+            &diff_id[..19.min(diff_id.len())]
+        );
+        records::write_resume_header(enc, diff_id, len, skip).await?;
+    } else {
+        records::write_layer_header(enc, diff_id, len).await?;
+    }
+    Ok(())
+}
+
+/// Copy a layer of known identity into the stream, minus the first `skip`
+/// bytes (which are still read and hashed), checking its digest.
 async fn stream_layer<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     tar: &mut TarReader<R>,
     enc: &mut W,
     diff_id: &str,
     len: u64,
+    skip: u64,
 ) -> Result<()> {
-    records::write_layer_header(enc, diff_id, len).await?;
+    write_header(enc, diff_id, len, skip).await?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0u64;
     loop {
         let n = tar
             .read(&mut buf)
@@ -176,7 +222,11 @@ async fn stream_layer<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             break;
         }
         hasher.update(&buf[..n]);
-        enc.write_all(&buf[..n]).await.context("sending a layer")?;
+        let from = skip.saturating_sub(pos).min(n as u64) as usize;
+        pos += n as u64;
+        enc.write_all(&buf[from..n])
+            .await
+            .context("sending a layer")?;
     }
     let got = format!("sha256:{}", hex::encode(hasher.finalize()));
     if got != diff_id {
@@ -187,14 +237,15 @@ async fn stream_layer<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 }
 
 /// A layer we couldn't place: hash it into a temp file, then send it if the
-/// far side needs it. Returns whether it was sent.
+/// far side needs it. Returns its diffID and the bytes skipped if it was sent.
 async fn spool_layer<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     tar: &mut TarReader<R>,
     enc: &mut W,
     len: u64,
     missing: &HashSet<&str>,
-    sent: &mut HashSet<String>,
-) -> Result<bool> {
+    sent: &HashSet<String>,
+    plan: &SendPlan,
+) -> Result<Option<(String, u64)>> {
     let spool = tempfile::tempfile().context("creating a spool file")?;
     let mut file = tokio::fs::File::from_std(spool);
     let mut hasher = Sha256::new();
@@ -209,17 +260,17 @@ async fn spool_layer<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     }
     let d = format!("sha256:{}", hex::encode(hasher.finalize()));
     if !missing.contains(d.as_str()) || sent.contains(&d) {
-        return Ok(false);
+        return Ok(None);
     }
+    let skip = resume_offset(plan, &d, len);
     file.flush().await?;
-    file.seek(io::SeekFrom::Start(0)).await?;
-    records::write_layer_header(enc, &d, len).await?;
+    file.seek(io::SeekFrom::Start(skip)).await?;
+    write_header(enc, &d, len, skip).await?;
     let copied = tokio::io::copy(&mut file, enc).await?;
-    if copied != len {
-        bail!("spooled layer {d}: {copied} of {len} bytes");
+    if copied != len - skip {
+        bail!("spooled layer {d}: {copied} of {} bytes", len - skip);
     }
-    sent.insert(d);
-    Ok(true)
+    Ok(Some((d, skip)))
 }
 
 fn is_hex64(s: &str) -> bool {

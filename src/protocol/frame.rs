@@ -37,6 +37,9 @@ pub enum Kind {
     Window = 5,
     /// A JSON control message on stream 0 (see `protocol::message`).
     Control = 6,
+    /// A heartbeat on stream 0, sent every few seconds to a peer that
+    /// announced `heartbeat`: proof the link is alive while no data flows.
+    Ping = 7,
 }
 
 impl Kind {
@@ -48,6 +51,7 @@ impl Kind {
             4 => Kind::Reset,
             5 => Kind::Window,
             6 => Kind::Control,
+            7 => Kind::Ping,
             _ => return None,
         })
     }

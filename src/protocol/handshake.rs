@@ -50,6 +50,9 @@ pub struct Hello {
 /// The side can send (push) or receive and load (pull) a layer delta.
 pub const FEATURE_DELTA: &str = "delta";
 
+/// The side understands heartbeat (`Ping`) frames and sends them.
+pub const FEATURE_HEARTBEAT: &str = "heartbeat";
+
 impl Hello {
     pub fn has(&self, feature: &str) -> bool {
         self.features.iter().any(|f| f == feature)

@@ -17,8 +17,14 @@ pub enum Message {
         /// The image's layers, bottom first.
         diff_ids: Vec<String>,
     },
-    /// The puller has the first `layers` layers' chains (and maybe the image).
-    Have { layers: usize, image: bool },
+    /// The puller has the first `layers` layers' chains (and maybe the image),
+    /// and the first bytes of some of the others in its resume spool.
+    Have {
+        layers: usize,
+        image: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        resume: Vec<Resume>,
+    },
     /// The puller's final word: the image is in place (with its ID), or why not.
     Outcome {
         ok: bool,
@@ -26,6 +32,14 @@ pub enum Message {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         image_id: Option<String>,
     },
+}
+
+/// The far side holds the first `offset` bytes of a layer's tar (from an
+/// interrupted transfer); the pusher sends only the rest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    pub diff_id: String,
+    pub offset: u64,
 }
 
 /// How to fetch the image through the relay, and the one-time credentials

@@ -21,6 +21,9 @@ pub struct Env {
     pub detached: String,
     /// This host's address on the link (reachable from the remote host).
     pub local_ip: String,
+    /// A daemon whose data root is a small tmpfs (a far disk that fills up).
+    pub tiny: String,
+    pub tiny_root: PathBuf,
 }
 
 /// The environment, or `None` when the tests run outside `tests/run.sh`
@@ -42,6 +45,8 @@ pub fn env() -> Option<&'static Env> {
                 busybox: get("DOS_TEST_BUSYBOX")?.into(),
                 detached: get("DOS_TEST_DETACHED")?,
                 local_ip: get("DOS_TEST_LOCAL_IP")?,
+                tiny: get("DOS_TEST_TINY")?,
+                tiny_root: get("DOS_TEST_TINY_ROOT")?.into(),
             })
         })();
         if e.is_none() && get("DOS_TEST_REQUIRE").is_some() {
@@ -202,16 +207,83 @@ pub fn dos(docker_host: &str, args: &[&str]) -> Output {
 
 /// `dos ARGS` with extra environment variables.
 pub fn dos_env(docker_host: &str, args: &[&str], vars: &[(&str, &str)]) -> Output {
-    Command::new(dos_bin())
-        .args(args)
+    dos_command(docker_host, args)
+        .envs(vars.iter().copied())
+        .output()
+        .expect("running dos")
+}
+
+/// The `dos ARGS` command, not yet started, with the local daemon as
+/// DOCKER_HOST and none of the CI variables of the machine running the tests.
+pub fn dos_command(docker_host: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(dos_bin());
+    c.args(args)
         .env("DOCKER_HOST", docker_host)
         .env("PATH", path_with_dos())
         .env_remove("LOCAL_DOCKER_REGISTRY_PORT")
         .env_remove("DOCKER_REGISTRY_NGROK")
-        .env_remove("NGROK_AUTHTOKEN")
-        .envs(vars.iter().copied())
+        .env_remove("NGROK_AUTHTOKEN");
+    c
+}
+
+/// Poll `cond` every 50 ms until it holds; panic with `what` after `limit`.
+pub fn wait_for(what: &str, limit: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Send a signal (by name: KILL, STOP, CONT…) to a process; false if it
+/// is gone.
+pub fn signal(pid: u32, sig: &str) -> bool {
+    Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("running kill")
+        .success()
+}
+
+/// Whether a process whose command line contains `pattern` is running.
+pub fn running(pattern: &str) -> bool {
+    Command::new("pgrep")
+        .args(["-f", pattern])
         .output()
-        .expect("running dos")
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// "… (via delta; N bytes sent, …)": the bytes the pusher wrote to the transport.
+pub fn bytes_sent(stderr: &str) -> u64 {
+    let at = stderr
+        .find(" bytes sent")
+        .unwrap_or_else(|| panic!("no byte count in: {stderr}"));
+    stderr[..at]
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in: {stderr}"))
+}
+
+/// Files in a directory with their sizes.
+pub fn files_in(dir: &Path) -> Vec<(String, u64)> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| {
+                let e = e.ok()?;
+                Some((
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().ok()?.len(),
+                ))
+            })
+            .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub fn stderr(o: &Output) -> String {

@@ -11,6 +11,8 @@
 #   peer    dockerd in this network namespace            DIR/peer.sock   (for `sh -c` transports)
 #   remote  a second host: network namespace with its own loopback, a veth link
 #           to this one, sshd on REMOTE_IP:22, and its own dockerd  DIR/remote.sock
+#   tiny    dockerd whose data root is a 96 MiB tmpfs (a far disk that fills up)
+#                                                        DIR/tiny.sock
 set -euo pipefail
 
 need_pkgs() {
@@ -23,6 +25,7 @@ need_pkgs() {
   command -v docker-registry >/dev/null || [[ -x /usr/bin/docker-registry ]] || missing+=(docker-registry)
   command -v zstd >/dev/null || missing+=(zstd)
   command -v python3 >/dev/null || missing+=(python3)
+  command -v pgrep >/dev/null && command -v kill >/dev/null || missing+=(procps)
   if ((${#missing[@]})); then
     echo "env.sh: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
@@ -75,6 +78,9 @@ up() {
 
   start_dockerd local
   start_dockerd peer
+  mkdir -p "$DIR/tiny"
+  mount -t tmpfs -o size=96m dos-tiny "$DIR/tiny"
+  start_dockerd tiny
   # The remote daemon also listens on tcp on the far host's address: from
   # here it is a "detached" daemon (like CI remote docker) whose loopback is
   # not ours.
@@ -96,7 +102,7 @@ KbdInteractiveAuthentication no
 StrictModes no
 UsePAM no
 PidFile $DIR/sshd.pid
-SetEnv DOCKER_HOST=unix://$DIR/remote.sock PATH=$BIN_DIR:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+SetEnv DOCKER_HOST=unix://$DIR/remote.sock DOS_SPOOL_DIR=$DIR/spool-remote PATH=$BIN_DIR:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 CFG
   nsenter --net=/run/netns/"$ns" /usr/sbin/sshd -f "$DIR/sshd_config" -E "$DIR/sshd.log"
   echo "$rip $(cat "$DIR/hostkey.pub")" >"$DIR/known_hosts"
@@ -115,6 +121,7 @@ CFG
   wait_daemon "$DIR/local.sock" "$DIR/local.log"
   wait_daemon "$DIR/peer.sock" "$DIR/peer.log"
   wait_daemon "$DIR/remote.sock" "$DIR/remote.log"
+  wait_daemon "$DIR/tiny.sock" "$DIR/tiny.log"
   for _ in $(seq 100); do
     ssh -F "$DIR/ssh_config" remote true 2>/dev/null && break
     sleep 0.1
@@ -134,16 +141,20 @@ export DOS_TEST_REMOTE_IP=$rip
 export DOS_TEST_DETACHED=tcp://$rip:2375
 export DOS_TEST_LOCAL_IP=$lip
 export DOS_TEST_BUSYBOX=/bin/busybox
+export DOS_TEST_TINY=unix://$DIR/tiny.sock
+export DOS_TEST_TINY_ROOT=$DIR/tiny
+# Resume spools inside DIR, not in the user's cache.
+export DOS_SPOOL_DIR=$DIR/spool-local
 ENV
   echo "env.sh: up in $DIR" >&2
 }
 
 down() {
   [[ -d $DIR ]] || return 0
-  for p in sshd local peer remote; do
+  for p in sshd local peer remote tiny; do
     [[ -f $DIR/$p.pid ]] && kill "$(cat "$DIR/$p.pid")" 2>/dev/null || true
   done
-  for p in local peer remote; do
+  for p in local peer remote tiny; do
     local pid; pid=$(cat "$DIR/$p.pid" 2>/dev/null || true)
     [[ -n $pid ]] || continue
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
