@@ -239,8 +239,9 @@ where
         bail!("integrity: layer {diff_id} arrived with content hashing to {h}; nothing was loaded");
     }
     send(Bytes::from(tarstream::pad_for(len))).await?;
-    if let Some(mut e) = entry.filter(Entry::usable) {
-        e.sync();
+    // Not fsynced: the spool outlives a dead link, not a crashed machine, and
+    // whatever a crash leaves is re-hashed before it is used.
+    if let Some(e) = entry.filter(Entry::usable) {
         plan.held.insert(diff_id.to_string(), e);
     }
     Ok(())

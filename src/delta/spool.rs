@@ -251,13 +251,6 @@ impl Entry {
         }
     }
 
-    /// The layer verified: make what was written durable.
-    pub fn sync(&mut self) {
-        if let Some(f) = self.file.as_mut() {
-            let _ = f.sync_data();
-        }
-    }
-
     /// Delete the file (the layer is loaded, or its content proved wrong).
     pub fn remove(mut self) {
         self.file.take();
