@@ -209,7 +209,7 @@ async fn via_delta(
         .values()
         .map(|e| Resume {
             diff_id: e.diff_id.clone(),
-            offset: e.len(),
+            offset: e.held(),
         })
         .collect();
     tracing::info!(

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,53 @@ fn spooled(dir: &Path) -> u64 {
     files_in(dir).iter().map(|(_, n)| *n).max().unwrap_or(0)
 }
 
+/// A push over ssh caught mid-flight: the far side has spooled at least
+/// `spooled_at` bytes of a `LAYER`-byte random layer.
+struct MidFlight {
+    image: String,
+    id: String,
+    work: tempfile::TempDir,
+    spool: PathBuf,
+    pidfile: PathBuf,
+    remote: String,
+    push: Child,
+}
+
+/// Build a fresh image, push it with `far_env` set for the far dos and
+/// `vars` for the pusher, and wait until the far side has `spooled_at`.
+fn mid_flight(
+    e: &Env,
+    name: &str,
+    far_env: &str,
+    vars: &[(&str, &str)],
+    spooled_at: u64,
+) -> MidFlight {
+    let image = format!("{}:1", unique(name));
+    let id = build_image(&e.local, &image, fresh_seed(), LAYER, &format!("{name}\n"));
+    let work = tempfile::tempdir().unwrap();
+    let spool = work.path().join("spool");
+    let pidfile = work.path().join("ssh.pid");
+    let remote = format!(
+        "{far_env} DOS_SPOOL_DIR={} dos pull {image}",
+        spool.display()
+    );
+    let push = start_push(e, &image, &remote, &pidfile, vars);
+    wait_for(
+        &format!("the far side to spool {spooled_at} bytes"),
+        Duration::from_secs(120),
+        || spooled(&spool) >= spooled_at,
+    );
+    MidFlight {
+        image,
+        id,
+        work,
+        spool,
+        pidfile,
+        remote,
+        push,
+    }
+}
+
 /// Wait for the process, at most `limit`; its exit code and stderr.
 fn finish(mut child: Child, limit: Duration) -> (Option<i32>, String) {
     let mut status = None;
@@ -76,25 +123,18 @@ fn assert_nothing_of(host: &str, image: &str, id: &str) {
 #[test]
 fn a_killed_transport_is_noticed_at_once_and_a_rerun_resumes() {
     let e = need_env!();
-    let image = format!("{}:1", unique("cut"));
-    let id = build_image(&e.local, &image, fresh_seed(), LAYER, "resumed\n");
-    let work = tempfile::tempdir().unwrap();
-    let spool = work.path().join("spool");
-    let far_tmp = work.path().join("far-tmp");
-    std::fs::create_dir(&far_tmp).unwrap();
-    let pidfile = work.path().join("ssh.pid");
-    let remote = format!(
-        "TMPDIR={} DOS_SPOOL_DIR={} dos pull {image}",
-        far_tmp.display(),
-        spool.display()
-    );
-
-    let push = start_push(e, &image, &remote, &pidfile, &[]);
-    wait_for(
-        "the far side to spool 8 MiB",
-        Duration::from_secs(120),
-        || spooled(&spool) >= 8 << 20,
-    );
+    let far_tmp = tempfile::tempdir().unwrap();
+    let far_env = format!("TMPDIR={}", far_tmp.path().display());
+    let MidFlight {
+        image,
+        id,
+        work: _work,
+        spool,
+        pidfile,
+        remote,
+        push,
+    } = mid_flight(e, "resumed", &far_env, &[], 8 << 20);
+    let far_tmp = far_tmp.path();
     // Freeze the pusher so "mid-transfer" stays true, cut the link, thaw.
     assert!(signal(push.id(), "STOP"));
     assert!(signal(pid_in(&pidfile), "KILL"));
@@ -117,9 +157,9 @@ fn a_killed_transport_is_noticed_at_once_and_a_rerun_resumes() {
     });
     assert_nothing_of(&e.remote, &image, &id);
     assert!(
-        files_in(&far_tmp).is_empty(),
+        files_in(far_tmp).is_empty(),
         "temp files left: {:?}",
-        files_in(&far_tmp)
+        files_in(far_tmp)
     );
     let partial = spooled(&spool);
     assert!(
@@ -161,20 +201,19 @@ fn a_killed_transport_is_noticed_at_once_and_a_rerun_resumes() {
 #[test]
 fn a_frozen_link_is_noticed_by_both_sides() {
     let e = need_env!();
-    let image = format!("{}:1", unique("frozen"));
-    let id = build_image(&e.local, &image, fresh_seed(), LAYER, "x\n");
-    let work = tempfile::tempdir().unwrap();
-    let spool = work.path().join("spool");
-    let pidfile = work.path().join("ssh.pid");
-    let remote = format!(
-        "DOS_IDLE_TIMEOUT=5 DOS_SPOOL_DIR={} dos pull {image}",
-        spool.display()
-    );
-    let push = start_push(e, &image, &remote, &pidfile, &[("DOS_IDLE_TIMEOUT", "5")]);
-    wait_for(
-        "the far side to spool 4 MiB",
-        Duration::from_secs(120),
-        || spooled(&spool) >= 4 << 20,
+    let MidFlight {
+        image,
+        id,
+        work: _work,
+        pidfile,
+        push,
+        ..
+    } = mid_flight(
+        e,
+        "frozen",
+        "DOS_IDLE_TIMEOUT=5",
+        &[("DOS_IDLE_TIMEOUT", "5")],
+        4 << 20,
     );
     // A stopped ssh is a link gone silent: no bytes, no close, no error.
     let ssh = pid_in(&pidfile);

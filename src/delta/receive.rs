@@ -177,7 +177,7 @@ where
     Fut: std::future::Future<Output = Result<()>>,
 {
     let mut entry = if offset > 0 {
-        let e = plan.held.remove(diff_id).filter(|e| e.len() >= offset);
+        let e = plan.held.remove(diff_id).filter(|e| e.held() >= offset);
         let Some(e) = e else {
             bail!("the pusher resumed layer {diff_id} at byte {offset}, which this side did not offer");
         };

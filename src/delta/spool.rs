@@ -24,6 +24,8 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::registry::path::Digest;
+
 /// Default bound on the spool's size.
 pub const DEFAULT_MAX: u64 = 4 << 30;
 
@@ -108,10 +110,6 @@ impl Spool {
         Ok(spool)
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The file for a layer, if one holds some of it and no one else is
     /// using it.
     pub fn existing(&self, diff_id: &str) -> Option<Entry> {
@@ -168,9 +166,7 @@ impl Spool {
     }
 
     fn path_of(&self, diff_id: &str) -> Option<PathBuf> {
-        let hex = diff_id.strip_prefix("sha256:")?;
-        (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-            .then(|| self.dir.join(hex))
+        Digest::parse(diff_id).map(|d| self.dir.join(d.hex()))
     }
 
     /// Spool files with their sizes and modification times.
@@ -204,12 +200,8 @@ impl Spool {
 
 impl Entry {
     /// Bytes of the layer this file holds.
-    pub fn len(&self) -> u64 {
+    pub fn held(&self) -> u64 {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Still being written (no write has failed).
@@ -311,7 +303,7 @@ mod tests {
         assert!(spool.existing(&id('a')).is_none());
         drop(e);
         let mut e = spool.existing(&id('a')).unwrap();
-        assert_eq!(e.len(), 6);
+        assert_eq!(e.held(), 6);
         let mut buf = [0u8; 16];
         let n = e.read_at(0, &mut buf).unwrap();
         assert_eq!(&buf[..n], b"hello ");
