@@ -7,6 +7,7 @@
 //! - [`registry`]: the embedded OCI registry (paths, storage, HTTP).
 //! - [`gate`]: what a relay stream may ask of the registry, checked on the pushing side.
 //! - [`upstream`]: forwarding to the registry on 127.0.0.1 (for the gate and the tunnel).
+//! - [`capture`]: reading only the new layers out of the local daemon (a push into a capture registry).
 //! - [`docker`]: the Docker daemon API (bollard), connected like the docker CLI.
 //! - [`push`] / [`pull`]: the two commands.
 //! - [`setup`]: what the environment says (CI variables, DOCKER_HOST) and the push plan.
@@ -20,6 +21,7 @@
 
 pub mod allow;
 pub mod auth;
+pub mod capture;
 pub mod cli;
 pub mod delta;
 pub mod docker;

@@ -35,9 +35,10 @@ fn main() {
                 }
                 dos::push::push(opts).await.map(|r| {
                     tracing::info!(
-                        "dos: {} is on the far daemon (via {}; {} bytes sent, {} received, {:.1}s)",
+                        "dos: {} is on the far daemon (via {}{}; {} bytes sent, {} received, {:.1}s)",
                         r.image_id,
                         r.path,
+                        r.source.map(|s| format!(", read by {s}")).unwrap_or_default(),
                         r.wire_out,
                         r.wire_in,
                         r.elapsed.as_secs_f64()

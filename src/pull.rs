@@ -21,7 +21,9 @@ use crate::delta::spool::{Entry, Spool};
 use crate::docker::Daemon;
 use crate::error::PeerError;
 use crate::mux::{self, Event, Liveness, Mux, Side};
-use crate::protocol::handshake::{self, Hello, Role, FEATURE_DELTA, FEATURE_HEARTBEAT};
+use crate::protocol::handshake::{
+    self, DeltaPlan, Hello, Role, FEATURE_DELTA, FEATURE_EARLY_PLAN, FEATURE_HEARTBEAT,
+};
 use crate::protocol::message::{Message, Offer, Resume};
 use crate::reference::ImageRef;
 use crate::registry::path::{valid_name, Digest};
@@ -50,50 +52,48 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
             "dos pull: no image given (dos pull IMAGE, or --allow PATTERN to take the pusher's)"
         ),
     };
-    // Without a fixed image, the pusher's offer names it: read its hello
-    // first (it doesn't wait for ours).
-    let (image, early) = match fixed {
-        Some(i) => (i, None),
-        None => {
-            let (peer, leftover) = handshake::read(&mut stdin)
-                .await
-                .context("reading the pusher's handshake")?;
-            (peer.image.clone(), Some((peer, leftover)))
-        }
-    };
+    if let Some(i) = &fixed {
+        ImageRef::parse(i)?.require_taggable(i)?;
+    }
+    // The pusher's hello comes first (it doesn't wait for ours): without a
+    // fixed image it names the image, and it may carry the plan. Meanwhile:
+    // which plans this side can follow depends on its daemon. If the daemon
+    // is unreachable we still speak, so the pusher learns why.
+    let (read, (daemon, delta)) = tokio::join!(handshake::read(&mut stdin), async {
+        let daemon = Daemon::connect().await;
+        let delta = match &daemon {
+            Ok(d) => matches!(inventory::store_kind(d).await, Ok(Store::Classic)),
+            Err(_) => false,
+        };
+        (daemon, delta)
+    });
+    let (peer, leftover) = read.context("reading the pusher's handshake")?;
+    let image = fixed.unwrap_or_else(|| peer.image.clone());
     let wanted = ImageRef::parse(&image)?;
     wanted.require_taggable(&image)?;
-
-    // Which plans this side can follow depends on its daemon. If the daemon
-    // is unreachable we still speak, so the pusher learns why.
-    let daemon = Daemon::connect().await;
-    let delta = match &daemon {
-        Ok(d) => matches!(inventory::store_kind(d).await, Ok(Store::Classic)),
-        Err(_) => false,
-    };
+    // Following the plan in the pusher's hello saves waiting for it.
+    let early = peer.delta.clone().filter(|_| delta);
+    let mut features = vec![FEATURE_HEARTBEAT.to_string()];
+    if delta {
+        features.push(FEATURE_DELTA.into());
+    }
+    if early.is_some() {
+        features.push(FEATURE_EARLY_PLAN.into());
+    }
     let hello = Hello {
         role: Role::Pull,
         image: image.clone(),
         release: env!("CARGO_PKG_VERSION").into(),
-        features: if delta {
-            vec![FEATURE_DELTA.into(), FEATURE_HEARTBEAT.into()]
-        } else {
-            vec![FEATURE_HEARTBEAT.into()]
-        },
+        features,
+        delta: None,
     };
     stdout.write_all(&handshake::encode(&hello)).await?;
     stdout.flush().await?;
-    let (peer, leftover) = match early {
-        Some(e) => e,
-        None => handshake::read(&mut stdin)
-            .await
-            .context("reading the pusher's handshake")?,
-    };
     let liveness = Liveness::with_peer(peer.has(FEATURE_HEARTBEAT), opts.idle);
     let (mux, events, _reader) = mux::start(stdin, leftover, stdout, Side::Dialer, liveness);
 
     let result = if opts.allow.allows(&image) {
-        serve(&mux, events, &wanted, &image, peer, daemon).await
+        serve(&mux, events, &wanted, &image, peer, early, daemon).await
     } else {
         Err(PeerError::Refused(format!(
             "{image} is not allowed here (dos pull --allow {})",
@@ -129,6 +129,7 @@ async fn serve(
     wanted: &ImageRef,
     wanted_str: &str,
     peer: Hello,
+    early: Option<DeltaPlan>,
     daemon: Result<Daemon>,
 ) -> Result<String> {
     if peer.role != Role::Push {
@@ -144,14 +145,20 @@ async fn serve(
         )));
     }
     let daemon = daemon?;
-    let plan = loop {
-        match events.recv().await {
-            Some(Event::Control(b)) => {
-                break Message::from_bytes(&b).context("reading the pusher's plan")?
+    let plan = match early {
+        Some(p) => Message::Delta {
+            image_id: p.image_id,
+            diff_ids: p.diff_ids,
+        },
+        None => loop {
+            match events.recv().await {
+                Some(Event::Control(b)) => {
+                    break Message::from_bytes(&b).context("reading the pusher's plan")?
+                }
+                Some(Event::Open(s)) => mux.reject(s, "no plan yet").await,
+                None => bail!("the pusher closed the session before sending a plan"),
             }
-            Some(Event::Open(s)) => mux.reject(s, "no plan yet").await,
-            None => bail!("the pusher closed the session before sending a plan"),
-        }
+        },
     };
     match plan {
         Message::Registry { offer } => via_registry(mux, &daemon, &offer, wanted, wanted_str).await,

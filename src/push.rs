@@ -6,8 +6,10 @@
 //! - registry: put the image in a registry on this machine and serve the far
 //!   daemon's `docker pull` through the gated relay.
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::{AsyncRead, AsyncWriteExt};
@@ -15,6 +17,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 
 use crate::auth::Credentials;
+use crate::capture;
 use crate::delta::inventory::{store_kind, Store};
 use crate::delta::send::{self, SendPlan, SendStats};
 use crate::docker::Daemon;
@@ -23,7 +26,8 @@ use crate::gate::Gate;
 use crate::mux::{self, Event, Liveness, Mux, MuxError, Side};
 use crate::progress::Progress;
 use crate::protocol::handshake::{
-    self, HandshakeError, Hello, Role, FEATURE_DELTA, FEATURE_HEARTBEAT,
+    self, DeltaPlan, HandshakeError, Hello, Role, FEATURE_DELTA, FEATURE_EARLY_PLAN,
+    FEATURE_HEARTBEAT,
 };
 use crate::protocol::message::{Message, Offer};
 use crate::reference::ImageRef;
@@ -110,6 +114,8 @@ pub struct PushReport {
     /// Delta only: layers sent / already on the far side.
     pub layers_sent: usize,
     pub layers_present: usize,
+    /// Delta only: how the layers were read from the local daemon.
+    pub source: Option<&'static str>,
 }
 
 struct Source {
@@ -152,46 +158,70 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
     // The export starts now: the daemon prepares it while we connect.
     let export = delta_possible.then(|| send::start_export(&daemon, &src.image_id));
 
-    let hello = Hello {
-        role: Role::Push,
-        image: opts.image.clone(),
-        release: env!("CARGO_PKG_VERSION").into(),
-        features: if delta_possible {
-            vec![FEATURE_DELTA.into(), FEATURE_HEARTBEAT.into()]
-        } else {
-            vec![FEATURE_HEARTBEAT.into()]
-        },
-    };
     let mut transport = Transport::spawn(&opts.command)?;
+    // While ssh connects: can the daemon hand over just the new layers
+    // (capture), and is this image mostly known to it, so that its push
+    // should start now?
+    let mut capture = None;
+    if delta_possible {
+        let image = capture::Image {
+            id: src.image_id.clone(),
+            diff_ids: src.diff_ids.clone(),
+            size: info.size.unwrap_or(0).max(0) as u64,
+        };
+        capture = capture::Session::open(&daemon, image).await;
+        if let Some(c) = capture.as_mut().filter(|c| c.likely()) {
+            c.start(true);
+        }
+    }
     let result = interruptible(session(
         &mut transport,
-        &hello,
         &src,
         &daemon,
         export,
+        &mut capture,
         &opts,
         &plan,
     ))
     .await;
-    let (status, stderr) = transport.finish(Duration::from_secs(5)).await;
+    let grace = Duration::from_secs(if result.is_ok() { 2 } else { 0 });
+    let ((status, stderr), ()) = tokio::join!(transport.finish(Duration::from_secs(5)), async {
+        if let Some(c) = capture {
+            c.finish(grace).await
+        }
+    });
     let report = result.map_err(|e| explain(e, status, &stderr))?;
     Ok(report)
 }
 
 async fn session(
     t: &mut Transport,
-    hello: &Hello,
     src: &Source,
     daemon: &Daemon,
     export: Option<impl AsyncRead + Send + Unpin + 'static>,
+    capture: &mut Option<capture::Session>,
     opts: &PushOptions,
     plan: &Plan,
 ) -> Result<PushReport> {
+    let hello = Hello {
+        role: Role::Push,
+        image: src.image_str.clone(),
+        release: env!("CARGO_PKG_VERSION").into(),
+        features: if export.is_some() {
+            vec![FEATURE_DELTA.into(), FEATURE_HEARTBEAT.into()]
+        } else {
+            vec![FEATURE_HEARTBEAT.into()]
+        },
+        delta: export.is_some().then(|| DeltaPlan {
+            image_id: src.image_id.clone(),
+            diff_ids: src.diff_ids.clone(),
+        }),
+    };
     let mut stdin = t.stdin.take().context("transport stdin")?;
     let mut stdout = t.stdout.take().context("transport stdout")?;
     // Our hello goes first; a far side that isn't dos just won't read it.
     let _ = async {
-        stdin.write_all(&handshake::encode(hello)).await?;
+        stdin.write_all(&handshake::encode(&hello)).await?;
         stdin.flush().await
     }
     .await;
@@ -244,15 +274,18 @@ async fn session(
             "dos: sending {} (only the layers the far side lacks)",
             src.image_str
         );
-        mux.control(
-            Message::Delta {
-                image_id: src.image_id.clone(),
-                diff_ids: src.diff_ids.clone(),
-            }
-            .to_bytes(),
-        )
-        .await;
-        drive_delta(&mux, events, reader, src, export).await
+        // A far side that took the plan from our hello is already answering.
+        if !peer.has(FEATURE_EARLY_PLAN) {
+            mux.control(
+                Message::Delta {
+                    image_id: src.image_id.clone(),
+                    diff_ids: src.diff_ids.clone(),
+                }
+                .to_bytes(),
+            )
+            .await;
+        }
+        drive_delta(&mux, events, reader, src, export, capture).await
     } else {
         drive_registry(&mux, events, reader, src, daemon, opts, plan).await
     };
@@ -277,6 +310,7 @@ async fn session(
         elapsed: started.elapsed(),
         layers_sent: stats.as_ref().map_or(0, |s| s.layers_sent),
         layers_present: stats.as_ref().map_or(0, |s| s.layers_skipped),
+        source: stats.as_ref().map(|s| s.source),
     })
 }
 
@@ -291,12 +325,33 @@ async fn drive_delta(
     reader: Reader,
     src: &Source,
     export: impl AsyncRead + Send + Unpin + 'static,
+    capture: &mut Option<capture::Session>,
 ) -> Result<(String, Option<SendStats>)> {
     let mut export = Some(export);
     let mut sender: Option<JoinHandle<Result<SendStats>>> = None;
     let mut stats = None;
+    // Teaching the daemon this image, once the link (not the CPU) proves to
+    // be what the transfer waits for: (when sending began, bytes read so far).
+    let mut seed_watch: Option<(Instant, Arc<AtomicU64>)> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
+            _ = tick.tick(), if seed_watch.is_some() => {
+                let (since, read) = seed_watch.as_ref().unwrap();
+                let c = capture.as_mut().unwrap();
+                let secs = since.elapsed().as_secs_f64();
+                let read = read.load(Ordering::Relaxed) as f64;
+                if secs >= 2.0 && read > 0.0 {
+                    let left = c.image_size().saturating_sub(read as u64) as f64 / (read / secs);
+                    if left >= c.seed_secs() {
+                        tracing::debug!("the link is slow ({:.1} MB/s): teaching the daemon this image meanwhile", read / secs / 1e6);
+                        c.seed();
+                    }
+                    if left >= c.seed_secs() || left < 1.0 {
+                        seed_watch = None;
+                    }
+                }
+            }
             ev = events.recv() => match ev {
                 Some(Event::Open(stream)) => {
                     // The far side has no business opening streams here.
@@ -321,8 +376,34 @@ async fn drive_delta(
                         let (near, far) = tokio::io::duplex(256 * 1024);
                         mux.attach(stream, near);
                         let resume = resume.into_iter().map(|r| (r.diff_id, r.offset)).collect();
-                        let plan = SendPlan { image_id: src.image_id.clone(), diff_ids: src.diff_ids.clone(), have: layers, resume };
-                        sender = Some(tokio::spawn(async move { send::send(export, &plan, far).await }));
+                        let read = Arc::new(AtomicU64::new(0));
+                        let plan = SendPlan { image_id: src.image_id.clone(), diff_ids: src.diff_ids.clone(), have: layers, resume, read: read.clone() };
+                        let present: HashSet<String> = src.diff_ids[..layers].iter().cloned().collect();
+                        match capture.as_mut() {
+                            Some(c) if c.worth_it(layers) => {
+                                tracing::debug!("reading the missing layers through the capture registry");
+                                if !c.started() {
+                                    c.start(true);
+                                }
+                                c.decide(present);
+                                let rx = c.take_captured().context("capture started twice")?;
+                                sender = Some(tokio::spawn(async move { send::send_captured(rx, &plan, far, move || export).await }));
+                            }
+                            c => {
+                                if let Some(c) = c {
+                                    if c.started() {
+                                        // Started early for nothing: let it finish, learning.
+                                        c.decide(src.diff_ids.iter().cloned().collect());
+                                        drop(c.take_captured());
+                                    } else if c.needs_seed() && c.seed_mode == capture::Seed::Always {
+                                        c.seed();
+                                    } else if c.needs_seed() {
+                                        seed_watch = Some((Instant::now(), read));
+                                    }
+                                }
+                                sender = Some(tokio::spawn(async move { send::send(export, &plan, far).await }));
+                            }
+                        }
                     }
                     Ok(Message::Outcome { ok, message, image_id }) => {
                         return outcome(ok, message, image_id).map(|id| (id, stats));

@@ -157,12 +157,7 @@ fn delta_sends_only_what_a_foreign_base_lacks() {
     assert_eq!(image_id(&e.peer, &image).as_deref(), Some(id.as_str()));
     assert_eq!(run_container(&e.peer, &image), "on a foreign base");
     // Sent: the small app layer and the config, not the 3 MiB base.
-    let sent: u64 = err
-        .split("via delta; ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .expect("bytes sent in the summary");
+    let sent = bytes_sent(&err);
     assert!(
         sent < 256 * 1024,
         "sent {sent} bytes for a one-layer delta: {err}"

@@ -5,11 +5,13 @@
 //!
 //! - [`chain`]: diffIDs, chainIDs, and recognising layers in an export.
 //! - [`inventory`]: what the far daemon has.
+//! - [`adaptive`]: zstd at a level that follows the link.
 //! - [`records`]: the framing inside the compressed stream.
 //! - [`tarstream`]: streaming tar read/write.
 //! - [`spool`]: the far side's resume spool.
 //! - [`send`] / [`receive`]: the two ends.
 
+pub mod adaptive;
 pub mod chain;
 pub mod inventory;
 pub mod receive;

@@ -11,27 +11,24 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use async_compression::tokio::write::ZstdEncoder;
-use async_compression::zstd::CParameter;
-use async_compression::Level;
 use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc::UnboundedReceiver;
 
+use super::adaptive::{AdaptiveZstd, WINDOW_LOG};
 use super::chain::{chain_ids, identify_v1_dir};
 use super::records;
 use super::tarstream::TarReader;
+use crate::capture::Captured;
 use crate::docker::Daemon;
 
-/// zstd settings: level 3 with a 16 MiB window and long-distance matching
-/// compressed a 316 MB three-layer image to 0.82× the bytes of gzip -6 at
-/// ~250 MB/s on two threads, in ~40 MB of memory (measured with the zstd CLI
-/// on this project's benchmark image). The window also bounds the
-/// decoder's memory on the far side.
-pub const ZSTD_LEVEL: i32 = 3;
-pub const ZSTD_WINDOW_LOG: u32 = 24;
+/// The far side's decoder must accept the encoder's window.
+pub const ZSTD_WINDOW_LOG: u32 = WINDOW_LOG;
 
 const CHUNK: usize = 128 * 1024;
 
@@ -42,6 +39,9 @@ pub struct SendPlan {
     pub have: usize,
     /// Layers the far side holds the first bytes of (diffID → byte count).
     pub resume: HashMap<String, u64>,
+    /// Uncompressed bytes of missing layers read so far (for the caller to
+    /// judge the link's pace).
+    pub read: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +52,10 @@ pub struct SendStats {
     pub raw_bytes: u64,
     /// Uncompressed bytes not sent because the far side's spool had them.
     pub resumed_bytes: u64,
+    /// The zstd level the stream ended at (it follows the link).
+    pub zstd_level: i32,
+    /// How the layers were read from the local daemon.
+    pub source: &'static str,
 }
 
 /// Start exporting an image (`docker save`) right away: the daemon takes a
@@ -70,85 +74,192 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let chain = chain_ids(&plan.diff_ids);
+    let mut o = Out::new(out)?;
+    o.stats.source = "docker save";
+    o.read_export(export, plan).await?;
+    o.finish(plan).await
+}
+
+/// The same stream, from what the daemon pushed into the capture registry
+/// ([`crate::capture`]). Should the push end without every missing layer
+/// (an error, or a daemon that forgot what it pushed), the rest comes from
+/// `export()`.
+pub async fn send_captured<R, W, F>(
+    mut captured: UnboundedReceiver<Captured>,
+    plan: &SendPlan,
+    out: W,
+    export: F,
+) -> Result<SendStats>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    F: FnOnce() -> R,
+{
+    let mut o = Out::new(out)?;
+    o.stats.source = "docker push to the capture registry";
     let missing: HashSet<&str> = plan.diff_ids[plan.have..]
         .iter()
         .map(String::as_str)
         .collect();
-    let image_hex = plan.image_id.trim_start_matches("sha256:");
-    let params = [
-        CParameter::nb_workers(2),
-        CParameter::window_log(ZSTD_WINDOW_LOG),
-        CParameter::enable_long_distance_matching(true),
-    ];
-    let mut enc = ZstdEncoder::with_quality_and_params(out, Level::Precise(ZSTD_LEVEL), &params);
-    let mut tar = TarReader::new(export);
-    let mut dirs: HashMap<String, usize> = HashMap::new();
-    let mut sent: HashSet<String> = HashSet::new();
-    let mut config_sent = false;
-    let mut stats = SendStats::default();
-
-    while let Some(entry) = tar.next().await.context("reading the image export")? {
-        if !entry.is_file() {
-            continue;
-        }
-        let path = entry.path.clone();
-        let (dir, file) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
-        if file == "json" && is_hex64(dir) {
-            let json = tar.read_all(1 << 20).await?;
-            match identify_v1_dir(dir, &json, &chain) {
-                Some(i) => {
-                    dirs.insert(dir.to_string(), i);
+    while !(o.config_sent && missing.iter().all(|d| o.sent.contains(*d))) {
+        match captured.recv().await {
+            Some(Captured::Blob {
+                diff_id, raw, file, ..
+            }) => {
+                let Some(file) = file else { continue };
+                if diff_id == plan.image_id && !o.config_sent {
+                    if raw > records::MAX_CONFIG {
+                        bail!("the image config is {raw} bytes");
+                    }
+                    let mut config = Vec::new();
+                    tokio::fs::File::from_std(file)
+                        .read_to_end(&mut config)
+                        .await
+                        .context("reading the captured config")?;
+                    records::write_config(&mut o.enc, &config).await?;
+                    o.config_sent = true;
+                } else if missing.contains(diff_id.as_str()) && !o.sent.contains(&diff_id) {
+                    let skip = resume_offset(plan, &diff_id, raw);
+                    let mut f = tokio::fs::File::from_std(file);
+                    f.seek(io::SeekFrom::Start(skip)).await?;
+                    write_header(&mut o.enc, &diff_id, raw, skip).await?;
+                    let copied = tokio::io::copy(&mut f, &mut o.enc).await?;
+                    if copied != raw - skip {
+                        bail!("captured layer {diff_id}: {copied} of {} bytes", raw - skip);
+                    }
+                    plan.read.fetch_add(raw, Ordering::Relaxed);
+                    o.stats.count(raw, skip);
+                    o.sent.insert(diff_id);
                 }
-                None => tracing::debug!("export: layer directory {dir} not recognised by its json"),
             }
-        } else if file == "layer.tar" && is_hex64(dir) {
-            match dirs.get(dir).map(|&i| plan.diff_ids[i].clone()) {
-                Some(d) if missing.contains(d.as_str()) && !sent.contains(&d) => {
-                    let skip = resume_offset(plan, &d, entry.size);
-                    stream_layer(&mut tar, &mut enc, &d, entry.size, skip).await?;
-                    stats.count(entry.size, skip);
-                    sent.insert(d);
+            ended => {
+                let why = match ended {
+                    Some(Captured::Ended(Some(e))) => format!("failed ({e})"),
+                    _ => "ended".into(),
+                };
+                tracing::info!("dos: the daemon's push into the capture registry {why} before handing over every missing layer; reading the rest from docker save");
+                o.stats.source = "docker push to the capture registry, then docker save";
+                o.read_export(export(), plan).await?;
+                break;
+            }
+        }
+    }
+    o.finish(plan).await
+}
+
+/// The compressed stream and what has gone into it.
+struct Out<W: AsyncWrite + Unpin> {
+    enc: AdaptiveZstd<W>,
+    sent: HashSet<String>,
+    config_sent: bool,
+    stats: SendStats,
+}
+
+impl<W: AsyncWrite + Unpin> Out<W> {
+    fn new(out: W) -> Result<Out<W>> {
+        Ok(Out {
+            enc: AdaptiveZstd::new(out).context("starting the zstd encoder")?,
+            sent: HashSet::new(),
+            config_sent: false,
+            stats: SendStats::default(),
+        })
+    }
+
+    /// Send what is still missing (and the config, if not yet sent) from an
+    /// image export.
+    async fn read_export<R: AsyncRead + Unpin>(
+        &mut self,
+        export: R,
+        plan: &SendPlan,
+    ) -> Result<()> {
+        let chain = chain_ids(&plan.diff_ids);
+        let missing: HashSet<&str> = plan.diff_ids[plan.have..]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let image_hex = plan.image_id.trim_start_matches("sha256:");
+        let mut tar = TarReader::new(export);
+        let mut dirs: HashMap<String, usize> = HashMap::new();
+        let Out {
+            enc,
+            sent,
+            config_sent,
+            stats,
+        } = self;
+
+        while let Some(entry) = tar.next().await.context("reading the image export")? {
+            if !entry.is_file() {
+                continue;
+            }
+            let path = entry.path.clone();
+            let (dir, file) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+            if file == "json" && is_hex64(dir) {
+                let json = tar.read_all(1 << 20).await?;
+                match identify_v1_dir(dir, &json, &chain) {
+                    Some(i) => {
+                        dirs.insert(dir.to_string(), i);
+                    }
+                    None => {
+                        tracing::debug!("export: layer directory {dir} not recognised by its json")
+                    }
                 }
-                Some(_) => stats.layers_skipped += 1,
-                None => match spool_layer(&mut tar, &mut enc, entry.size, &missing, &sent, plan)
-                    .await?
-                {
-                    Some((d, skip)) => {
+            } else if file == "layer.tar" && is_hex64(dir) {
+                match dirs.get(dir).map(|&i| plan.diff_ids[i].clone()) {
+                    Some(d) if missing.contains(d.as_str()) && !sent.contains(&d) => {
+                        let skip = resume_offset(plan, &d, entry.size);
+                        stream_layer(&mut tar, enc, &d, entry.size, skip, &plan.read).await?;
                         stats.count(entry.size, skip);
                         sent.insert(d);
                     }
-                    None => stats.layers_skipped += 1,
-                },
+                    Some(_) => {}
+                    None => {
+                        if let Some((d, skip)) =
+                            spool_layer(&mut tar, enc, entry.size, &missing, sent, plan).await?
+                        {
+                            stats.count(entry.size, skip);
+                            sent.insert(d);
+                        }
+                    }
+                }
+            } else if let Some(hex) = path.strip_prefix("blobs/sha256/") {
+                let d = format!("sha256:{hex}");
+                if hex == image_hex && !*config_sent {
+                    send_config(&mut tar, enc, &plan.image_id).await?;
+                    *config_sent = true;
+                } else if missing.contains(d.as_str()) && !sent.contains(&d) {
+                    let skip = resume_offset(plan, &d, entry.size);
+                    stream_layer(&mut tar, enc, &d, entry.size, skip, &plan.read).await?;
+                    stats.count(entry.size, skip);
+                    sent.insert(d);
+                }
+            } else if path == format!("{image_hex}.json") && !*config_sent {
+                send_config(&mut tar, enc, &plan.image_id).await?;
+                *config_sent = true;
             }
-        } else if let Some(hex) = path.strip_prefix("blobs/sha256/") {
-            let d = format!("sha256:{hex}");
-            if hex == image_hex && !config_sent {
-                send_config(&mut tar, &mut enc, &plan.image_id).await?;
-                config_sent = true;
-            } else if missing.contains(d.as_str()) && !sent.contains(&d) {
-                let skip = resume_offset(plan, &d, entry.size);
-                stream_layer(&mut tar, &mut enc, &d, entry.size, skip).await?;
-                stats.count(entry.size, skip);
-                sent.insert(d);
+        }
+        Ok(())
+    }
+
+    /// Check everything went in, and end the stream.
+    async fn finish(mut self, plan: &SendPlan) -> Result<SendStats> {
+        for d in &plan.diff_ids[plan.have..] {
+            if !self.sent.contains(d) {
+                bail!("the image export did not contain layer {d}");
             }
-        } else if path == format!("{image_hex}.json") && !config_sent {
-            send_config(&mut tar, &mut enc, &plan.image_id).await?;
-            config_sent = true;
         }
-    }
-    for d in &missing {
-        if !sent.contains(*d) {
-            bail!("the image export did not contain layer {d}");
+        if !self.config_sent {
+            bail!("the image export did not contain the image config");
         }
+        self.stats.layers_sent = self.sent.len();
+        self.stats.layers_skipped = plan.have;
+        self.stats.zstd_level = self.enc.level();
+        records::write_end(&mut self.enc).await?;
+        self.enc
+            .shutdown()
+            .await
+            .context("finishing the delta stream")?;
+        Ok(self.stats)
     }
-    if !config_sent {
-        bail!("the image export did not contain the image config");
-    }
-    stats.layers_sent = sent.len();
-    records::write_end(&mut enc).await?;
-    enc.shutdown().await.context("finishing the delta stream")?;
-    Ok(stats)
 }
 
 async fn send_config<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
@@ -208,6 +319,7 @@ async fn stream_layer<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     diff_id: &str,
     len: u64,
     skip: u64,
+    read: &AtomicU64,
 ) -> Result<()> {
     write_header(enc, diff_id, len, skip).await?;
     let mut hasher = Sha256::new();
@@ -222,6 +334,7 @@ async fn stream_layer<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             break;
         }
         hasher.update(&buf[..n]);
+        read.fetch_add(n as u64, Ordering::Relaxed);
         let from = skip.saturating_sub(pos).min(n as u64) as usize;
         pos += n as u64;
         enc.write_all(&buf[from..n])

@@ -45,10 +45,25 @@ pub struct Hello {
     /// Optional abilities this side offers, e.g. [`FEATURE_DELTA`].
     #[serde(default)]
     pub features: Vec<String>,
+    /// Push, delta possible: the plan, sent ahead so that a far side able
+    /// to follow it answers with its inventory at once (one round trip
+    /// fewer). It says so with [`FEATURE_EARLY_PLAN`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaPlan>,
+}
+
+/// The image a delta would carry: its ID and layers, bottom first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaPlan {
+    pub image_id: String,
+    pub diff_ids: Vec<String>,
 }
 
 /// The side can send (push) or receive and load (pull) a layer delta.
 pub const FEATURE_DELTA: &str = "delta";
+
+/// The far side took the plan in the pusher's hello: no `Delta` message follows.
+pub const FEATURE_EARLY_PLAN: &str = "early-plan";
 
 /// The side understands heartbeat (`Ping`) frames and sends them.
 pub const FEATURE_HEARTBEAT: &str = "heartbeat";
@@ -206,6 +221,7 @@ mod tests {
             image: "app:1".into(),
             release: "0.1.0".into(),
             features: vec![],
+            delta: None,
         }
     }
 

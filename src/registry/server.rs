@@ -542,7 +542,7 @@ fn accepts(req: &Request<Incoming>, media_type: &str) -> bool {
     !any_header
 }
 
-fn query_pairs(q: &str) -> std::collections::HashMap<String, String> {
+pub(crate) fn query_pairs(q: &str) -> std::collections::HashMap<String, String> {
     q.split('&')
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_string(), percent_decode(v)))
@@ -577,7 +577,12 @@ fn range_header(size: u64) -> String {
     format!("0-{}", size.saturating_sub(1))
 }
 
-fn upload_accepted(status: StatusCode, name: &str, id: &str, size: u64) -> Response<Body> {
+pub(crate) fn upload_accepted(
+    status: StatusCode,
+    name: &str,
+    id: &str,
+    size: u64,
+) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("Location", upload_location(name, id))
@@ -603,7 +608,7 @@ fn upload_error(e: UploadError) -> Response<Body> {
     }
 }
 
-fn blob_created(name: &str, d: &Digest) -> Response<Body> {
+pub(crate) fn blob_created(name: &str, d: &Digest) -> Response<Body> {
     Response::builder()
         .status(StatusCode::CREATED)
         .header("Location", format!("/v2/{name}/blobs/{d}"))

@@ -143,8 +143,10 @@ export DOS_TEST_LOCAL_IP=$lip
 export DOS_TEST_BUSYBOX=/bin/busybox
 export DOS_TEST_TINY=unix://$DIR/tiny.sock
 export DOS_TEST_TINY_ROOT=$DIR/tiny
-# Resume spools inside DIR, not in the user's cache.
+# Resume spools and what the capture registry learns inside DIR, not in
+# the user's cache.
 export DOS_SPOOL_DIR=$DIR/spool-local
+export XDG_CACHE_HOME=$DIR/cache-local
 ENV
   echo "env.sh: up in $DIR" >&2
 }
