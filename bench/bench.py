@@ -69,6 +69,11 @@ class Bed:
     def local_env(self):
         e = dict(os.environ)
         e["DOCKER_HOST"] = self.local
+        # dos's state on this side (resume spool, what the capture registry
+        # learned) lives in the testbed, starting empty with it.
+        for k in ("DOS_SPOOL_DIR", "XDG_CACHE_HOME"):
+            if k in self.vars:
+                e[k] = self.vars[k]
         e["PATH"] = f"{self.dos_dir}:{e.get('PATH', '')}"
         return e
 
