@@ -101,3 +101,35 @@ fn a_busy_capture_port_falls_back_to_docker_save() {
     assert_eq!(image_id(&e.remote, &image).as_deref(), Some(id.as_str()));
     assert!(files_in(&cache.path().join("dos/capture")).is_empty());
 }
+
+/// The second host's daemon, driven through its socket from here, runs in
+/// another network namespace: its 127.0.0.1 is not ours, so its push into
+/// the capture registry fails. The transfer goes on with docker save.
+#[test]
+fn a_daemon_that_cannot_reach_the_capture_registry_falls_back_to_docker_save() {
+    let e = need_env!();
+    let image = format!("{}:1", unique("capture-far"));
+    // Small enough that the capture path is tried even for a first push.
+    let id = build_image(&e.remote, &image, fresh_seed(), 1024, "fallback\n");
+    let cache = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let pull = format!("DOCKER_HOST={} dos pull {image}", e.peer);
+    let out = dos_env(
+        &e.remote,
+        &["push", &image, "sh", "-c", &pull],
+        &[
+            ("DOS_CAPTURE_PORT", port.as_str()),
+            ("XDG_CACHE_HOME", cache.path().to_str().unwrap()),
+        ],
+    );
+    let err = stderr(&out);
+    assert!(out.status.success(), "dos push failed: {err}");
+    assert!(
+        err.contains("read by docker push to the capture registry, then docker save"),
+        "{err}"
+    );
+    assert_eq!(image_id(&e.peer, &image).as_deref(), Some(id.as_str()));
+    assert_eq!(run_container(&e.peer, &image), "fallback");
+    let left = names_under(&e.remote, &format!("127.0.0.1:{port}"), "dos-capture");
+    assert!(left.is_empty(), "capture names left: {left:?}");
+}
