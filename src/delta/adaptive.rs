@@ -103,6 +103,31 @@ impl<W: AsyncWrite + Unpin> AdaptiveZstd<W> {
         Poll::Ready(Ok(()))
     }
 
+    /// Flush what the workers hold (or, with `end`, finish the frame) and
+    /// write it all out.
+    fn poll_out(&mut self, cx: &mut Context<'_>, end: bool) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.poll_drain(cx))?;
+            if self.finished {
+                return Poll::Ready(Ok(()));
+            }
+            let mut out = OutBuffer::around(&mut self.buf[..]);
+            let left = if end {
+                self.enc.finish(&mut out, true)?
+            } else {
+                self.enc.flush(&mut out)?
+            };
+            self.len = out.pos();
+            if left == 0 {
+                if end {
+                    self.finished = true;
+                } else if self.len == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    }
+
     /// Once a period: one level up if the link held us up and is slow, one
     /// down if we held the link up.
     fn adapt(&mut self) {
@@ -172,35 +197,13 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for AdaptiveZstd<W> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        loop {
-            ready!(this.poll_drain(cx))?;
-            if this.finished {
-                break;
-            }
-            let mut out = OutBuffer::around(&mut this.buf[..]);
-            let left = this.enc.flush(&mut out)?;
-            this.len = out.pos();
-            if left == 0 && this.len == 0 {
-                break;
-            }
-        }
+        ready!(this.poll_out(cx, false))?;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        loop {
-            ready!(this.poll_drain(cx))?;
-            if this.finished {
-                break;
-            }
-            let mut out = OutBuffer::around(&mut this.buf[..]);
-            let left = this.enc.finish(&mut out, true)?;
-            this.len = out.pos();
-            if left == 0 {
-                this.finished = true;
-            }
-        }
+        ready!(this.poll_out(cx, true))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
