@@ -4,7 +4,7 @@
 //! The variables of the original tool keep their meaning:
 //! - LOCAL_DOCKER_REGISTRY_PORT=PORT: a registry already listens on
 //!   127.0.0.1:PORT (a CI service container); push through it, start none.
-//! - DOCKER_REGISTRY_NGROK=<authtoken> (or `true`, with NGROK_AUTHTOKEN):
+//! - `DOCKER_REGISTRY_NGROK=<authtoken>` (or `true`, with NGROK_AUTHTOKEN):
 //!   expose that registry through ngrok, for a daemon that can't reach this
 //!   machine's loopback. Unlike the original, there is always basic auth.
 
