@@ -16,7 +16,7 @@
 //! - [`setup`]: what the environment says (CI variables, DOCKER_HOST) and the push plan.
 //! - [`tunnel`]: exposing the registry to a daemon that can't reach our loopback (ngrok).
 //! - [`allow`]: the allow-list and ssh forced-command checks of a locked-down pull.
-//! - [`mod@reference`], [`auth`], [`http`], [`progress`], [`signal`], [`error`]: support.
+//! - [`mod@reference`], [`auth`], [`cache`], [`http`], [`progress`], [`signal`], [`error`]: support.
 //! - [`cli`]: the command-line definition.
 //!
 //! Nothing in this library prints to stdout: on the far side stdout is the
@@ -24,6 +24,7 @@
 
 pub mod allow;
 pub mod auth;
+pub mod cache;
 pub mod capture;
 pub mod cli;
 pub mod delta;

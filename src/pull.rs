@@ -52,9 +52,8 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
             "dos pull: no image given (dos pull IMAGE, or --allow PATTERN to take the pusher's)"
         ),
     };
-    if let Some(i) = &fixed {
-        ImageRef::parse(i)?.require_taggable(i)?;
-    }
+    // A fixed image is checked before anything is read.
+    let fixed = fixed.map(checked).transpose()?;
     // The pusher's hello comes first (it doesn't wait for ours): without a
     // fixed image it names the image, and it may carry the plan. Meanwhile:
     // which plans this side can follow depends on its daemon. If the daemon
@@ -68,9 +67,10 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
         (daemon, delta)
     });
     let (peer, leftover) = read.context("reading the pusher's handshake")?;
-    let image = fixed.unwrap_or_else(|| peer.image.clone());
-    let wanted = ImageRef::parse(&image)?;
-    wanted.require_taggable(&image)?;
+    let (image, wanted) = match fixed {
+        Some(f) => f,
+        None => checked(peer.image.clone())?,
+    };
     // Following the plan in the pusher's hello saves waiting for it.
     let early = peer.delta.clone().filter(|_| delta);
     let mut features = vec![FEATURE_HEARTBEAT.to_string()];
@@ -120,6 +120,13 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
     })
     .await;
     result.map(|_| ())
+}
+
+/// An image reference this side can tag.
+fn checked(image: String) -> Result<(String, ImageRef)> {
+    let r = ImageRef::parse(&image)?;
+    r.require_taggable(&image)?;
+    Ok((image, r))
 }
 
 /// Check the pusher, follow its plan, tag the result; returns the image ID.

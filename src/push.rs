@@ -155,7 +155,8 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
     if opts.via == Via::Delta && !delta_possible {
         bail!("--via delta: the local daemon uses the containerd image store, which the delta path does not read; use --via registry");
     }
-    // The export starts now: the daemon prepares it while we connect.
+    // The export request goes out on its first read, once the far side
+    // has said what it lacks (and only if `docker save` is the way).
     let export = delta_possible.then(|| send::start_export(&daemon, &src.image_id));
 
     let mut transport = Transport::spawn(&opts.command)?;
@@ -170,8 +171,8 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
             size: info.size.unwrap_or(0).max(0) as u64,
         };
         capture = capture::Session::open(&daemon, image).await;
-        if let Some(c) = capture.as_mut().filter(|c| c.likely()) {
-            c.start(true);
+        if let Some(c) = capture.as_mut() {
+            c.start_early();
         }
     }
     let result = interruptible(session(
@@ -339,17 +340,8 @@ async fn drive_delta(
             _ = tick.tick(), if seed_watch.is_some() => {
                 let (since, read) = seed_watch.as_ref().unwrap();
                 let c = capture.as_mut().unwrap();
-                let secs = since.elapsed().as_secs_f64();
-                let read = read.load(Ordering::Relaxed) as f64;
-                if secs >= 2.0 && read > 0.0 {
-                    let left = c.image_size().saturating_sub(read as u64) as f64 / (read / secs);
-                    if left >= c.seed_secs() {
-                        tracing::debug!("the link is slow ({:.1} MB/s): teaching the daemon this image meanwhile", read / secs / 1e6);
-                        c.seed();
-                    }
-                    if left >= c.seed_secs() || left < 1.0 {
-                        seed_watch = None;
-                    }
+                if !c.paced(since.elapsed().as_secs_f64(), read.load(Ordering::Relaxed)) {
+                    seed_watch = None;
                 }
             }
             ev = events.recv() => match ev {
@@ -382,24 +374,12 @@ async fn drive_delta(
                         match capture.as_mut() {
                             Some(c) if c.worth_it(layers) => {
                                 tracing::debug!("reading the missing layers through the capture registry");
-                                if !c.started() {
-                                    c.start(true);
-                                }
-                                c.decide(present);
-                                let rx = c.take_captured().context("capture started twice")?;
+                                let rx = c.capture(present).context("capture started twice")?;
                                 sender = Some(tokio::spawn(async move { send::send_captured(rx, &plan, far, move || export).await }));
                             }
                             c => {
-                                if let Some(c) = c {
-                                    if c.started() {
-                                        // Started early for nothing: let it finish, learning.
-                                        c.decide(src.diff_ids.iter().cloned().collect());
-                                        drop(c.take_captured());
-                                    } else if c.needs_seed() && c.seed_mode == capture::Seed::Always {
-                                        c.seed();
-                                    } else if c.needs_seed() {
-                                        seed_watch = Some((Instant::now(), read));
-                                    }
+                                if c.is_some_and(|c| c.saving()) {
+                                    seed_watch = Some((Instant::now(), read));
                                 }
                                 sender = Some(tokio::spawn(async move { send::send(export, &plan, far).await }));
                             }

@@ -62,22 +62,8 @@ impl Known {
         k
     }
 
-    /// An in-memory set (tests).
-    pub fn in_memory() -> Known {
-        Known::default()
-    }
-
     pub fn get(&self, diff_id: &str) -> Option<&Blob> {
         self.index.get(diff_id).map(|&i| &self.entries[i].1)
-    }
-
-    /// The diffID a blob digest was learned for.
-    pub fn by_digest(&self, digest: &str) -> Option<(&str, &Blob)> {
-        self.entries
-            .iter()
-            .rev()
-            .find(|(_, b)| b.digest == digest)
-            .map(|(d, b)| (d.as_str(), b))
     }
 
     /// Learn (or relearn) a layer. A raw length of 0 keeps one learned before.
@@ -166,10 +152,6 @@ mod tests {
         fs::write(&file, text).unwrap();
         let k = Known::load(dir.path(), "AB:CD", 5000);
         assert_eq!(k.get(&d('a')), Some(&blob));
-        assert_eq!(
-            k.by_digest(&d('b')).map(|(x, _)| x.to_string()),
-            Some(d('a'))
-        );
         assert!(Known::load(dir.path(), "AB:CD", 5001)
             .get(&d('a'))
             .is_none());
@@ -177,7 +159,7 @@ mod tests {
 
     #[test]
     fn relearning_keeps_a_known_raw_length_and_trims_the_oldest() {
-        let mut k = Known::in_memory();
+        let mut k = Known::default();
         let b = |raw| Blob {
             digest: d('b'),
             size: 1,

@@ -14,7 +14,7 @@
 //! daemon pushed to it before. The first push of a layer therefore costs a
 //! gzip pass, which is slower than `docker save` on a fast link; so dos
 //! uses `docker save` for images mostly new to the far side, and teaches the
-//! daemon (a discarding push, [`Session::seed`]) while a slow link, not the
+//! daemon (a discarding push, [`Session::paced`]) while a slow link, not the
 //! CPU, is what a transfer waits for.
 //!
 //! - [`known`]: the per-daemon record of pushed layers.
@@ -25,7 +25,6 @@ pub mod server;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,7 +61,7 @@ const GZIP_RATE: f64 = 15e6;
 /// When to teach the daemon an image it hasn't pushed here
 /// (`DOS_CAPTURE_SEED`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Seed {
+enum Seed {
     /// While a transfer waits for a slow link (the default).
     Auto,
     /// On every `docker save` transfer, waiting for it at the end (for a
@@ -87,7 +86,7 @@ pub struct Session {
     known: Known,
     listener: Option<TcpListener>,
     run: Option<Run>,
-    pub seed_mode: Seed,
+    seed_mode: Seed,
 }
 
 /// One push into the capture registry.
@@ -129,7 +128,7 @@ impl Session {
         if !on_this_host(&daemon.host) {
             return None;
         }
-        let dir = cache_dir()?;
+        let dir = crate::cache::dir()?.join("capture");
         let id = daemon.api.info().await.ok()?.id?;
         let listener = match TcpListener::bind(("127.0.0.1", port)).await {
             Ok(l) => l,
@@ -149,18 +148,22 @@ impl Session {
         })
     }
 
-    /// Raw bytes of the image whose layers the daemon has not pushed here.
-    fn unknown_bytes(&self, layers: &[String]) -> u64 {
-        let known: u64 = layers
+    /// Raw bytes of these layers the daemon has pushed here (as recorded).
+    fn known_raw(&self, layers: &[String]) -> u64 {
+        layers
             .iter()
             .filter_map(|d| self.known.get(d))
             .map(|b| b.raw)
-            .sum();
-        let all_known = layers.iter().all(|d| self.known.get(d).is_some());
-        if all_known && layers.len() == self.image.diff_ids.len() {
+            .sum()
+    }
+
+    /// Raw bytes of the image whose layers the daemon has not pushed here.
+    fn unknown_bytes(&self) -> u64 {
+        let layers = &self.image.diff_ids;
+        if layers.iter().all(|d| self.known.get(d).is_some()) {
             0
         } else {
-            self.image.size.saturating_sub(known)
+            self.image.size.saturating_sub(self.known_raw(layers))
         }
     }
 
@@ -168,10 +171,12 @@ impl Session {
         bytes <= SMALL + self.image.size / SHARE
     }
 
-    /// Before the far side answers: is this image mostly known, so that
-    /// starting the push now (new layers upload while ssh connects) pays?
-    pub fn likely(&self) -> bool {
-        self.small(self.unknown_bytes(&self.image.diff_ids))
+    /// Before the far side answers: if this image is mostly known, start
+    /// the push now (new layers upload while ssh connects).
+    pub fn start_early(&mut self) {
+        if self.small(self.unknown_bytes()) {
+            self.start(true);
+        }
     }
 
     /// Once the far side has the first `have` layers: will capture be faster
@@ -179,35 +184,68 @@ impl Session {
     /// daemon would compress it for nothing), and what it lacks small.
     pub fn worth_it(&self, have: usize) -> bool {
         let present = &self.image.diff_ids[..have];
-        if !present.iter().all(|d| self.known.get(d).is_some()) {
+        present.iter().all(|d| self.known.get(d).is_some())
+            && self.small(self.image.size.saturating_sub(self.known_raw(present)))
+    }
+
+    /// Read the layers the far side lacks through the capture registry:
+    /// what the push hands over. `present`: the layers the far side has.
+    pub fn capture(
+        &mut self,
+        present: HashSet<String>,
+    ) -> Option<mpsc::UnboundedReceiver<Captured>> {
+        if self.run.is_none() {
+            self.start(true);
+        }
+        self.decide(present);
+        self.run.as_mut()?.rx.take()
+    }
+
+    /// The transfer reads the image with `docker save` instead. A push
+    /// started early is left to finish, learning; else the daemon is taught
+    /// the image now (`DOS_CAPTURE_SEED=always`), or the caller is asked to
+    /// report the transfer's pace to [`Session::paced`] (returns true).
+    pub fn saving(&mut self) -> bool {
+        if self.run.is_some() {
+            self.decide(self.image.diff_ids.iter().cloned().collect());
+            drop(self.run.as_mut().and_then(|r| r.rx.take()));
             return false;
         }
-        let present_raw: u64 = present
-            .iter()
-            .filter_map(|d| self.known.get(d))
-            .map(|b| b.raw)
-            .sum();
-        self.small(self.image.size.saturating_sub(present_raw))
+        if self.seed_mode == Seed::Never || self.unknown_bytes() == 0 {
+            return false;
+        }
+        if self.seed_mode == Seed::Always {
+            self.seed();
+            return false;
+        }
+        true
     }
 
-    pub fn image_size(&self) -> u64 {
-        self.image.size
-    }
-
-    /// Would teaching the daemon this image help a later push?
-    pub fn needs_seed(&self) -> bool {
-        self.seed_mode != Seed::Never && self.unknown_bytes(&self.image.diff_ids) > 0
-    }
-
-    /// Seconds the daemon would spend compressing what it hasn't pushed here.
-    pub fn seed_secs(&self) -> f64 {
-        self.unknown_bytes(&self.image.diff_ids) as f64 / GZIP_RATE
+    /// The `docker save` transfer has read `read` bytes of missing layers
+    /// in `secs`: once the link proves slow enough that the daemon can learn
+    /// the image before the transfer ends, teach it. Returns whether to keep
+    /// reporting.
+    pub fn paced(&mut self, secs: f64, read: u64) -> bool {
+        if secs < 2.0 || read == 0 {
+            return true;
+        }
+        let rate = read as f64 / secs;
+        let left = self.image.size.saturating_sub(read) as f64 / rate;
+        if left >= self.unknown_bytes() as f64 / GZIP_RATE {
+            tracing::debug!(
+                "the link is slow ({:.1} MB/s): teaching the daemon this image meanwhile",
+                rate / 1e6
+            );
+            self.seed();
+            return false;
+        }
+        left >= 1.0
     }
 
     /// Start the daemon's push into the capture registry. `keep`: hand over
     /// the uploaded content (else only learn from it). Existence checks wait
-    /// until [`Session::decide`].
-    pub fn start(&mut self, keep: bool) {
+    /// until the caller decides what may be skipped.
+    fn start(&mut self, keep: bool) {
         let Some(listener) = self.listener.take() else {
             return;
         };
@@ -277,25 +315,16 @@ impl Session {
         });
     }
 
-    pub fn started(&self) -> bool {
-        self.run.is_some()
-    }
-
     /// The layers the daemon may skip (it will be told they are here).
-    pub fn decide(&self, skip: HashSet<String>) {
+    fn decide(&self, skip: HashSet<String>) {
         if let Some(r) = &self.run {
             let _ = r.skip.send(Some(skip));
         }
     }
 
-    /// What the push hands over (once).
-    pub fn take_captured(&mut self) -> Option<mpsc::UnboundedReceiver<Captured>> {
-        self.run.as_mut()?.rx.take()
-    }
-
     /// Teach the daemon this image: a push whose content is hashed and
     /// dropped; every layer already known is skipped.
-    pub fn seed(&mut self) {
+    fn seed(&mut self) {
         self.start(false);
         self.decide(self.image.diff_ids.iter().cloned().collect());
     }
@@ -356,14 +385,4 @@ fn on_this_host(host: &str) -> bool {
         ]
         .iter()
         .any(|p| host.starts_with(p))
-}
-
-/// `$XDG_CACHE_HOME/dos/capture`, else `~/.cache/dos/capture`.
-fn cache_dir() -> Option<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    if let Some(c) = var("XDG_CACHE_HOME") {
-        Some(PathBuf::from(c).join("dos/capture"))
-    } else {
-        var("HOME").map(|h| PathBuf::from(h).join(".cache/dos/capture"))
-    }
 }

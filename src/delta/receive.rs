@@ -25,8 +25,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::mpsc;
 
+use super::adaptive::WINDOW_LOG;
 use super::records::{self, Record};
-use super::send::ZSTD_WINDOW_LOG;
 use super::spool::{Entry, Spool};
 use super::tarstream;
 use crate::docker::Daemon;
@@ -78,7 +78,7 @@ async fn feed<R: AsyncRead + Unpin>(
     plan: &mut ReceivePlan,
     tx: &mpsc::Sender<io::Result<Bytes>>,
 ) -> Result<()> {
-    let params = [DParameter::window_log_max(ZSTD_WINDOW_LOG)];
+    let params = [DParameter::window_log_max(WINDOW_LOG)];
     let mut dec = ZstdDecoder::with_params(BufReader::new(input), &params);
     let expected: HashSet<String> = plan.diff_ids[plan.have..].iter().cloned().collect();
     let mut got: HashSet<String> = HashSet::new();

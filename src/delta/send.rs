@@ -20,15 +20,12 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::adaptive::{AdaptiveZstd, WINDOW_LOG};
+use super::adaptive::AdaptiveZstd;
 use super::chain::{chain_ids, identify_v1_dir};
 use super::records;
 use super::tarstream::TarReader;
 use crate::capture::Captured;
 use crate::docker::Daemon;
-
-/// The far side's decoder must accept the encoder's window.
-pub const ZSTD_WINDOW_LOG: u32 = WINDOW_LOG;
 
 const CHUNK: usize = 128 * 1024;
 
@@ -42,6 +39,16 @@ pub struct SendPlan {
     /// Uncompressed bytes of missing layers read so far (for the caller to
     /// judge the link's pace).
     pub read: Arc<AtomicU64>,
+}
+
+impl SendPlan {
+    /// The layers the far side lacks.
+    fn missing(&self) -> HashSet<&str> {
+        self.diff_ids[self.have..]
+            .iter()
+            .map(String::as_str)
+            .collect()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -58,8 +65,7 @@ pub struct SendStats {
     pub source: &'static str,
 }
 
-/// Start exporting an image (`docker save`) right away: the daemon takes a
-/// while before the first byte, which overlaps with connecting to the far side.
+/// An image's export (`docker save`). The request is made on the first read.
 pub fn start_export(daemon: &Daemon, image_id: &str) -> impl AsyncRead + Send + Unpin + 'static {
     let stream = daemon
         .api
@@ -97,10 +103,7 @@ where
 {
     let mut o = Out::new(out)?;
     o.stats.source = "docker push to the capture registry";
-    let missing: HashSet<&str> = plan.diff_ids[plan.have..]
-        .iter()
-        .map(String::as_str)
-        .collect();
+    let missing = plan.missing();
     while !(o.config_sent && missing.iter().all(|d| o.sent.contains(*d))) {
         match captured.recv().await {
             Some(Captured::Blob {
@@ -119,14 +122,8 @@ where
                     records::write_config(&mut o.enc, &config).await?;
                     o.config_sent = true;
                 } else if missing.contains(diff_id.as_str()) && !o.sent.contains(&diff_id) {
-                    let skip = resume_offset(plan, &diff_id, raw);
                     let mut f = tokio::fs::File::from_std(file);
-                    f.seek(io::SeekFrom::Start(skip)).await?;
-                    write_header(&mut o.enc, &diff_id, raw, skip).await?;
-                    let copied = tokio::io::copy(&mut f, &mut o.enc).await?;
-                    if copied != raw - skip {
-                        bail!("captured layer {diff_id}: {copied} of {} bytes", raw - skip);
-                    }
+                    let skip = send_file(&mut f, &mut o.enc, &diff_id, raw, plan).await?;
                     plan.read.fetch_add(raw, Ordering::Relaxed);
                     o.stats.count(raw, skip);
                     o.sent.insert(diff_id);
@@ -173,10 +170,7 @@ impl<W: AsyncWrite + Unpin> Out<W> {
         plan: &SendPlan,
     ) -> Result<()> {
         let chain = chain_ids(&plan.diff_ids);
-        let missing: HashSet<&str> = plan.diff_ids[plan.have..]
-            .iter()
-            .map(String::as_str)
-            .collect();
+        let missing = plan.missing();
         let image_hex = plan.image_id.trim_start_matches("sha256:");
         let mut tar = TarReader::new(export);
         let mut dirs: HashMap<String, usize> = HashMap::new();
@@ -375,15 +369,31 @@ async fn spool_layer<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     if !missing.contains(d.as_str()) || sent.contains(&d) {
         return Ok(None);
     }
-    let skip = resume_offset(plan, &d, len);
     file.flush().await?;
-    file.seek(io::SeekFrom::Start(skip)).await?;
-    write_header(enc, &d, len, skip).await?;
-    let copied = tokio::io::copy(&mut file, enc).await?;
-    if copied != len - skip {
-        bail!("spooled layer {d}: {copied} of {} bytes", len - skip);
-    }
+    let skip = send_file(&mut file, enc, &d, len, plan).await?;
     Ok(Some((d, skip)))
+}
+
+/// A layer of known identity held in a file: its record, minus what the
+/// far side's spool holds. Returns the bytes skipped.
+async fn send_file<W: AsyncWrite + Unpin>(
+    file: &mut tokio::fs::File,
+    enc: &mut W,
+    diff_id: &str,
+    len: u64,
+    plan: &SendPlan,
+) -> Result<u64> {
+    let skip = resume_offset(plan, diff_id, len);
+    file.seek(io::SeekFrom::Start(skip)).await?;
+    write_header(enc, diff_id, len, skip).await?;
+    let copied = tokio::io::copy(file, enc).await?;
+    if copied != len - skip {
+        bail!(
+            "layer {diff_id} from a temp file: {copied} of {} bytes",
+            len - skip
+        );
+    }
+    Ok(skip)
 }
 
 fn is_hex64(s: &str) -> bool {

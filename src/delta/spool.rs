@@ -68,14 +68,9 @@ impl Spool {
         if max == 0 {
             return None;
         }
-        let dir = if let Some(d) = var("DOS_SPOOL_DIR") {
-            PathBuf::from(d)
-        } else if let Some(c) = var("XDG_CACHE_HOME") {
-            Path::new(&c).join("dos/spool")
-        } else if let Some(h) = var("HOME") {
-            Path::new(&h).join(".cache/dos/spool")
-        } else {
-            return None;
+        let dir = match var("DOS_SPOOL_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => crate::cache::dir()?.join("spool"),
         };
         match Spool::open(&dir, max) {
             Ok(s) => Some(s),
