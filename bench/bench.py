@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 
 IMG = "bench/app"
@@ -66,14 +67,19 @@ class Bed:
                 f.write(f"  ProxyCommand {shlex.quote(sys.executable)} {delay} {delay_ms} %h %p\n")
         return path
 
-    def local_env(self):
+    def local_env(self, fresh=False):
         e = dict(os.environ)
         e["DOCKER_HOST"] = self.local
         # dos's state on this side (resume spool, what the capture registry
-        # learned) lives in the testbed, starting empty with it.
+        # learned) lives in the testbed, starting empty with it; `fresh`:
+        # in a new empty directory, for a run that should see none of it.
         for k in ("DOS_SPOOL_DIR", "XDG_CACHE_HOME"):
             if k in self.vars:
                 e[k] = self.vars[k]
+        if fresh:
+            state = tempfile.mkdtemp(prefix="fresh-state.", dir=self.dir)
+            e["XDG_CACHE_HOME"] = state
+            e["DOS_SPOOL_DIR"] = os.path.join(state, "spool")
         e["PATH"] = f"{self.dos_dir}:{e.get('PATH', '')}"
         return e
 
@@ -234,9 +240,10 @@ def method_commands(bed, registry, ssh_config):
     }
 
 
-def run(bed, cmd, img):
+def run(bed, cmd, img, fresh=False):
     """One transfer: seconds, link bytes, peak RSS (KiB) of the two dos, or
-    an error string when the far daemon does not end up with the image."""
+    an error string when the far daemon does not end up with the image.
+    `fresh`: the pushing side's dos state starts empty too."""
     for side in ("push", "pull"):
         try:
             os.remove(os.path.join(bed.dir, side + ".rss"))
@@ -245,7 +252,7 @@ def run(bed, cmd, img):
     want = bed.image_id(bed.local, img)
     b0 = bed.link_bytes()
     t0 = time.monotonic()
-    r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], env=bed.local_env(), text=True,
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], env=bed.local_env(fresh), text=True,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     secs = time.monotonic() - t0
     nbytes = bed.link_bytes() - b0
@@ -405,7 +412,9 @@ def main():
             direct["local save|load pipe"] = lambda img: f"docker save {img} | docker -H {bed.remote} load -q"
             for name in ("dos", "save|zstd|ssh load", "local save|load pipe"):
                 bed.wipe_far()
-                unshaped[("cold", name)] = run(bed, direct[name](f"{IMG}:2"), f"{IMG}:2")
+                # Cold on both sides, as dos's first (shaped) cold run is:
+                # the pusher has learned nothing of the image either.
+                unshaped[("cold", name)] = run(bed, direct[name](f"{IMG}:2"), f"{IMG}:2", fresh=True)
                 log(f"  {name}: {fmt_result(unshaped[('cold', name)])}")
     finally:
         registry.stop()

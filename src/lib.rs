@@ -16,7 +16,7 @@
 //! - [`setup`]: what the environment says (CI variables, DOCKER_HOST) and the push plan.
 //! - [`tunnel`]: exposing the registry to a daemon that can't reach our loopback (ngrok).
 //! - [`allow`]: the allow-list and ssh forced-command checks of a locked-down pull.
-//! - [`mod@reference`], [`auth`], [`cache`], [`http`], [`progress`], [`signal`], [`error`]: support.
+//! - [`mod@reference`], [`auth`], [`cache`], [`http`], [`progress`], [`signal`], [`stdio`], [`error`]: support.
 //! - [`cli`]: the command-line definition.
 //!
 //! Nothing in this library prints to stdout: on the far side stdout is the
@@ -41,6 +41,7 @@ pub mod reference;
 pub mod registry;
 pub mod setup;
 pub mod signal;
+pub mod stdio;
 pub mod transport;
 pub mod tunnel;
 pub mod upstream;

@@ -43,7 +43,7 @@ pub struct PullOptions {
 
 pub async fn pull(opts: PullOptions) -> Result<()> {
     let mut stdout = tokio::io::stdout();
-    let mut stdin = tokio::io::stdin();
+    let mut stdin = crate::stdio::stdin();
     let fixed = match (&opts.image, &opts.original_command) {
         (Some(i), _) => Some(i.clone()),
         (None, Some(cmd)) => Some(image_from_original_command(cmd)?),

@@ -155,15 +155,12 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
     if opts.via == Via::Delta && !delta_possible {
         bail!("--via delta: the local daemon uses the containerd image store, which the delta path does not read; use --via registry");
     }
-    // The export request goes out on its first read, once the far side
-    // has said what it lacks (and only if `docker save` is the way).
-    let export = delta_possible.then(|| send::start_export(&daemon, &src.image_id));
-
     let mut transport = Transport::spawn(&opts.command)?;
     // While ssh connects: can the daemon hand over just the new layers
     // (capture), and is this image mostly known to it, so that its push
     // should start now?
     let mut capture = None;
+    let mut pushing_early = false;
     if delta_possible {
         let image = capture::Image {
             id: src.image_id.clone(),
@@ -172,9 +169,15 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
         };
         capture = capture::Session::open(&daemon, image).await;
         if let Some(c) = capture.as_mut() {
-            c.start_early();
+            pushing_early = c.start_early();
         }
     }
+    // An image the daemon's push does not mostly know will be read with
+    // `docker save` unless the far side has it all: start the export now,
+    // so that its preparation overlaps ssh connecting. Otherwise the
+    // request waits for the far side's answer (and only if `docker save`
+    // is the way).
+    let export = delta_possible.then(|| send::start_export(&daemon, &src.image_id, !pushing_early));
     let result = interruptible(session(
         &mut transport,
         &src,

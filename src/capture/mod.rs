@@ -172,11 +172,14 @@ impl Session {
     }
 
     /// Before the far side answers: if this image is mostly known, start
-    /// the push now (new layers upload while ssh connects).
-    pub fn start_early(&mut self) {
+    /// the push now (new layers upload while ssh connects). Returns whether
+    /// it did.
+    pub fn start_early(&mut self) -> bool {
         if self.small(self.unknown_bytes()) {
             self.start(true);
+            return true;
         }
+        false
     }
 
     /// Once the far side has the first `have` layers: will capture be faster

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 
 use super::adaptive::WINDOW_LOG;
 use super::records::{self, Record};
-use super::spool::{Entry, Spool};
+use super::spool::{self, Entry, Spool};
 use super::tarstream;
 use crate::docker::Daemon;
 
@@ -219,7 +219,20 @@ where
         }
         e.truncate(offset);
     }
+    let started = std::time::Instant::now();
+    let mut judged = offset > 0;
     while pos < len {
+        if !judged && pos >= spool::PROBE {
+            judged = true;
+            let keep = plan
+                .spool
+                .as_ref()
+                .is_none_or(|s| s.worth_keeping(pos, started.elapsed().as_secs_f64()));
+            if let Some(e) = entry.take_if(|_| !keep) {
+                tracing::debug!(layer = diff_id, "arriving fast: not spooled");
+                e.remove();
+            }
+        }
         let mut buf = vec![0u8; CHUNK.min((len - pos) as usize)];
         dec.read_exact(&mut buf)
             .await

@@ -12,9 +12,15 @@
 //!   oldest unlocked files isn't spooled (it still streams to the daemon).
 //!   Files untouched for [`STALE`] are removed.
 //! - A successful load removes the files of the image's layers.
+//! - A layer arriving fast is not kept: sending it again after a break costs
+//!   less than writing every byte twice (for docker and here) costs every
+//!   transfer on a fast link. Unshaped in the benchmark, spooling took 0.3 s
+//!   of a 5.8 s transfer.
 //!
 //! Where: `DOS_SPOOL_DIR`, else `$XDG_CACHE_HOME/dos/spool`, else
 //! `~/.cache/dos/spool`. `DOS_SPOOL_MAX` bounds it (`0` turns it off).
+//! `DOS_SPOOL_FAST` is the pace (bytes per second, e.g. `40M`) above which a
+//! layer is not kept past its first [`PROBE`] bytes (`0`: kept at any pace).
 //! Spooling is best effort: a spool that can't be written only costs the
 //! ability to resume, never the transfer.
 
@@ -29,6 +35,12 @@ use crate::registry::path::Digest;
 /// Default bound on the spool's size.
 pub const DEFAULT_MAX: u64 = 4 << 30;
 
+/// Default pace above which a layer is not kept (bytes per second).
+pub const DEFAULT_FAST: u64 = 40_000_000;
+
+/// The bytes of a layer after which its pace is judged.
+pub const PROBE: u64 = 16 << 20;
+
 /// Files not written for this long are removed.
 pub const STALE: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -36,6 +48,8 @@ pub const STALE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub struct Spool {
     dir: PathBuf,
     max: u64,
+    /// Pace above which a layer is not kept (None: any pace).
+    fast: Option<u64>,
 }
 
 /// One layer's file, locked by this process while it is held.
@@ -68,12 +82,27 @@ impl Spool {
         if max == 0 {
             return None;
         }
+        let fast = match std::env::var("DOS_SPOOL_FAST") {
+            Ok(v) if !v.is_empty() => match parse_size(&v) {
+                Some(n) => n,
+                None => {
+                    tracing::warn!(
+                        "DOS_SPOOL_FAST={v:?} is not a pace (e.g. 40M); using {DEFAULT_FAST}"
+                    );
+                    DEFAULT_FAST
+                }
+            },
+            _ => DEFAULT_FAST,
+        };
         let dir = match var("DOS_SPOOL_DIR") {
             Some(d) => PathBuf::from(d),
             None => crate::cache::dir()?.join("spool"),
         };
         match Spool::open(&dir, max) {
-            Ok(s) => Some(s),
+            Ok(s) => Some(Spool {
+                fast: (fast > 0).then_some(fast),
+                ..s
+            }),
             Err(e) => {
                 tracing::warn!(
                     "the resume spool {} can't be used ({e}); an interrupted transfer will start over",
@@ -95,6 +124,7 @@ impl Spool {
         let spool = Spool {
             dir: dir.to_path_buf(),
             max,
+            fast: Some(DEFAULT_FAST),
         };
         let now = SystemTime::now();
         for (path, _, modified) in spool.files() {
@@ -103,6 +133,12 @@ impl Spool {
             }
         }
         Ok(spool)
+    }
+
+    /// Should a layer that arrived `bytes` (at least [`PROBE`]) in `secs`
+    /// be kept?
+    pub fn worth_keeping(&self, bytes: u64, secs: f64) -> bool {
+        self.fast.is_none_or(|f| (bytes as f64) <= secs * f as f64)
     }
 
     /// The file for a layer, if one holds some of it and no one else is
@@ -285,6 +321,20 @@ mod tests {
         assert_eq!(parse_size("x"), None);
         assert_eq!(parse_size(""), None);
         assert_eq!(parse_size("99999999999T"), None);
+    }
+
+    #[test]
+    fn a_fast_layer_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        // 16 MiB in a second is 16.8 MB/s: kept; in 0.1 s: not.
+        assert!(spool.worth_keeping(PROBE, 1.0));
+        assert!(!spool.worth_keeping(PROBE, 0.1));
+        let any_pace = Spool {
+            fast: None,
+            ..spool
+        };
+        assert!(any_pace.worth_keeping(PROBE, 0.001));
     }
 
     #[test]
