@@ -67,33 +67,12 @@ impl Spool {
     /// can't be used (then a warning says why).
     pub fn from_env() -> Option<Spool> {
         let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-        let max = match std::env::var("DOS_SPOOL_MAX") {
-            Ok(v) if !v.is_empty() => match parse_size(&v) {
-                Some(n) => n,
-                None => {
-                    tracing::warn!(
-                        "DOS_SPOOL_MAX={v:?} is not a size (e.g. 2G, 500M); the spool is off"
-                    );
-                    return None;
-                }
-            },
-            _ => DEFAULT_MAX,
-        };
+        let max = size_var("DOS_SPOOL_MAX", DEFAULT_MAX, "the spool is off")?;
         if max == 0 {
             return None;
         }
-        let fast = match std::env::var("DOS_SPOOL_FAST") {
-            Ok(v) if !v.is_empty() => match parse_size(&v) {
-                Some(n) => n,
-                None => {
-                    tracing::warn!(
-                        "DOS_SPOOL_FAST={v:?} is not a pace (e.g. 40M); using {DEFAULT_FAST}"
-                    );
-                    DEFAULT_FAST
-                }
-            },
-            _ => DEFAULT_FAST,
-        };
+        let fast =
+            size_var("DOS_SPOOL_FAST", DEFAULT_FAST, "using the default").unwrap_or(DEFAULT_FAST);
         let dir = match var("DOS_SPOOL_DIR") {
             Some(d) => PathBuf::from(d),
             None => crate::cache::dir()?.join("spool"),
@@ -292,6 +271,21 @@ impl Entry {
 }
 
 /// `1234`, `500K`, `2M`, `4G`, `1T` (binary multiples).
+/// A size (`2G`, `500M`, `40M`) from the environment, `default` when unset;
+/// None, with a warning ending in `otherwise`, when it isn't a size.
+fn size_var(name: &str, default: u64, otherwise: &str) -> Option<u64> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => {
+            let n = parse_size(&v);
+            if n.is_none() {
+                tracing::warn!("{name}={v:?} is not a size (e.g. 2G, 500M); {otherwise}");
+            }
+            n
+        }
+        _ => Some(default),
+    }
+}
+
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last()? {
