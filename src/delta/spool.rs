@@ -270,7 +270,6 @@ impl Entry {
     }
 }
 
-/// `1234`, `500K`, `2M`, `4G`, `1T` (binary multiples).
 /// A size (`2G`, `500M`, `40M`) from the environment, `default` when unset;
 /// None, with a warning ending in `otherwise`, when it isn't a size.
 fn size_var(name: &str, default: u64, otherwise: &str) -> Option<u64> {
@@ -286,6 +285,7 @@ fn size_var(name: &str, default: u64, otherwise: &str) -> Option<u64> {
     }
 }
 
+/// `1234`, `500K`, `2M`, `4G`, `1T` (binary multiples).
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last()? {
