@@ -89,10 +89,12 @@ pub fn start_export(
     if !now {
         return Box::new(tokio_util::io::StreamReader::new(stream));
     }
-    let head = tokio::spawn(async move {
+    // Aborted if dropped: a reader dropped before the first bytes come
+    // takes the request with it.
+    let head = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
         let first = stream.next().await;
         (first, stream)
-    });
+    }));
     let whole = futures_util::stream::once(async move {
         let (first, rest) = head
             .await
