@@ -406,7 +406,7 @@ def main():
     ap.add_argument("--scenarios", default="cold,update,foreign,same")
     ap.add_argument("--methods", default="", help="comma-separated subset of the methods (default: all)")
     ap.add_argument("--no-unshaped", action="store_true")
-    ap.add_argument("--unshaped-runs", type=int, default=3, help="rounds of the unshaped run (median reported)")
+    ap.add_argument("--unshaped-runs", type=int, default=5, help="rounds of the unshaped run (median reported)")
     a = ap.parse_args()
 
     bed = Bed(a.env, a.delay_ms, a.dos_dir)
