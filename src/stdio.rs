@@ -9,9 +9,7 @@
 //! Non-blocking mode belongs to the open pipe, which the process that
 //! started us may share: [`restore`] puts it back before exit.
 
-use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::FileTypeExt;
 use std::sync::Mutex;
 
 use tokio::io::AsyncRead;
@@ -27,14 +25,12 @@ pub fn stdin() -> Box<dyn AsyncRead + Send + Unpin> {
     }
 }
 
+/// tokio checks that the descriptor is a readable FIFO before making it
+/// non-blocking, and refuses anything else.
 fn pipe() -> Option<tokio::net::unix::pipe::Receiver> {
     let fd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
     let keep = fd.try_clone().ok()?;
-    let file = File::from(fd);
-    if !file.metadata().ok()?.file_type().is_fifo() {
-        return None;
-    }
-    let p = tokio::net::unix::pipe::Receiver::from_file(file).ok()?;
+    let p = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?;
     CHANGED.lock().unwrap().push(keep);
     Some(p)
 }
