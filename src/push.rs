@@ -20,6 +20,7 @@ use crate::auth::Credentials;
 use crate::capture;
 use crate::delta::inventory::{store_kind, Store};
 use crate::delta::send::{self, SendPlan, SendStats};
+use crate::delta::store::LocalStore;
 use crate::docker::Daemon;
 use crate::error::PeerError;
 use crate::gate::Gate;
@@ -156,12 +157,18 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
         bail!("--via delta: the local daemon uses the containerd image store, which the delta path does not read; use --via registry");
     }
     let mut transport = Transport::spawn(&opts.command)?;
-    // While ssh connects: can the daemon hand over just the new layers
-    // (capture), and is this image mostly known to it, so that its push
-    // should start now?
+    // While ssh connects: can the layers be read straight out of the
+    // daemon's store (as root, on its machine)? Then neither `docker save`
+    // nor the capture registry is needed.
+    let store = match delta_possible {
+        true => LocalStore::open(&daemon, &src.image_id, &src.diff_ids).await,
+        false => None,
+    };
+    // If not: can the daemon hand over just the new layers (capture), and
+    // is this image mostly known to it, so that its push should start now?
     let mut capture = None;
     let mut pushing_early = false;
-    if delta_possible {
+    if delta_possible && store.is_none() {
         let image = capture::Image {
             id: src.image_id.clone(),
             diff_ids: src.diff_ids.clone(),
@@ -172,17 +179,21 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
             pushing_early = c.start_early();
         }
     }
-    // An image the daemon's push does not mostly know will be read with
-    // `docker save` unless the far side has it all: start the export now,
-    // so that its preparation overlaps ssh connecting. Otherwise the
-    // request waits for the far side's answer (and only if `docker save`
-    // is the way).
-    let export = delta_possible.then(|| send::start_export(&daemon, &src.image_id, !pushing_early));
+    // An image the daemon's push does not mostly know, and its store can't
+    // give, will be read with `docker save` unless the far side has it all:
+    // start the export now, so that its preparation overlaps ssh
+    // connecting. Otherwise the request waits for the far side's answer (and
+    // is only made if `docker save` is the way).
+    let early = !pushing_early && store.is_none();
+    let layers = delta_possible.then(|| Layers {
+        export: send::start_export(&daemon, &src.image_id, early),
+        store,
+    });
     let result = interruptible(session(
         &mut transport,
         &src,
         &daemon,
-        export,
+        layers,
         &mut capture,
         &opts,
         &plan,
@@ -202,7 +213,7 @@ async fn session(
     t: &mut Transport,
     src: &Source,
     daemon: &Daemon,
-    export: Option<impl AsyncRead + Send + Unpin + 'static>,
+    layers: Option<Layers<impl AsyncRead + Send + Unpin + 'static>>,
     capture: &mut Option<capture::Session>,
     opts: &PushOptions,
     plan: &Plan,
@@ -211,12 +222,12 @@ async fn session(
         role: Role::Push,
         image: src.image_str.clone(),
         release: env!("CARGO_PKG_VERSION").into(),
-        features: if export.is_some() {
+        features: if layers.is_some() {
             vec![FEATURE_DELTA.into(), FEATURE_HEARTBEAT.into()]
         } else {
             vec![FEATURE_HEARTBEAT.into()]
         },
-        delta: export.is_some().then(|| DeltaPlan {
+        delta: layers.is_some().then(|| DeltaPlan {
             image_id: src.image_id.clone(),
             diff_ids: src.diff_ids.clone(),
         }),
@@ -242,7 +253,7 @@ async fn session(
         )));
     }
     tracing::debug!(release = %peer.release, features = ?peer.features, "far dos ready");
-    let use_delta = export.is_some() && peer.has(FEATURE_DELTA);
+    let use_delta = layers.is_some() && peer.has(FEATURE_DELTA);
     if opts.via == Via::Delta && !use_delta {
         bail!(PeerError::Refused(
             "--via delta: the far dos can't receive a delta (its daemon uses the containerd image store, or it is an older dos)".into()
@@ -273,7 +284,7 @@ async fn session(
             o + i
         }),
     );
-    let result = if let (true, Some(export)) = (use_delta, export) {
+    let result = if let (true, Some(layers)) = (use_delta, layers) {
         tracing::info!(
             "dos: sending {} (only the layers the far side lacks)",
             src.image_str
@@ -289,7 +300,7 @@ async fn session(
             )
             .await;
         }
-        drive_delta(&mux, events, reader, src, export, capture).await
+        drive_delta(&mux, events, reader, src, layers, capture).await
     } else {
         drive_registry(&mux, events, reader, src, daemon, opts, plan).await
     };
@@ -318,6 +329,13 @@ async fn session(
     })
 }
 
+/// Where the delta path reads the missing layers: the daemon's store if it
+/// can, else (and should a layer there not be readable) its export.
+struct Layers<E> {
+    export: E,
+    store: Option<LocalStore>,
+}
+
 type Events = UnboundedReceiver<Event>;
 type Reader = JoinHandle<Result<(), MuxError>>;
 
@@ -328,9 +346,10 @@ async fn drive_delta(
     mut events: Events,
     reader: Reader,
     src: &Source,
-    export: impl AsyncRead + Send + Unpin + 'static,
+    layers: Layers<impl AsyncRead + Send + Unpin + 'static>,
     capture: &mut Option<capture::Session>,
 ) -> Result<(String, Option<SendStats>)> {
+    let Layers { export, mut store } = layers;
     let mut export = Some(export);
     let mut sender: Option<JoinHandle<Result<SendStats>>> = None;
     let mut stats = None;
@@ -375,6 +394,11 @@ async fn drive_delta(
                         let plan = SendPlan { image_id: src.image_id.clone(), diff_ids: src.diff_ids.clone(), have: layers, resume, read: read.clone() };
                         let present: HashSet<String> = src.diff_ids[..layers].iter().cloned().collect();
                         match capture.as_mut() {
+                            _ if store.is_some() => {
+                                let store = store.take().unwrap();
+                                tracing::debug!("reading the missing layers from the daemon's store");
+                                sender = Some(tokio::spawn(async move { send::send_stored(store, &plan, far, move || export).await }));
+                            }
                             Some(c) if c.worth_it(layers) => {
                                 tracing::debug!("reading the missing layers through the capture registry");
                                 let rx = c.capture(present).context("capture started twice")?;

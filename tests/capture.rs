@@ -28,6 +28,8 @@ fn push(e: &Env, image: &str, port: u16, cache: &Path) -> (String, u64) {
             ("DOS_CAPTURE_PORT", port.as_str()),
             ("XDG_CACHE_HOME", cache.to_str().unwrap()),
             ("DOS_CAPTURE_SEED", "always"),
+            // As root on the daemon's machine dos reads its store instead.
+            ("DOS_READ_STORE", "never"),
         ],
     );
     let err = stderr(&out);
@@ -120,6 +122,7 @@ fn a_daemon_that_cannot_reach_the_capture_registry_falls_back_to_docker_save() {
         &[
             ("DOS_CAPTURE_PORT", port.as_str()),
             ("XDG_CACHE_HOME", cache.path().to_str().unwrap()),
+            ("DOS_READ_STORE", "never"),
         ],
     );
     let err = stderr(&out);

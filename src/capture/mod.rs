@@ -378,7 +378,7 @@ impl Session {
 /// A daemon reached through a unix socket or loopback TCP runs on this
 /// machine, so it can reach our 127.0.0.1 (a daemon in another network
 /// namespace makes the push fail, and dos falls back to `docker save`).
-fn on_this_host(host: &str) -> bool {
+pub(crate) fn on_this_host(host: &str) -> bool {
     host.starts_with("unix://")
         || [
             "tcp://127.0.0.1:",

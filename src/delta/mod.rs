@@ -9,6 +9,7 @@
 //! - [`records`]: the framing inside the compressed stream.
 //! - [`tarstream`]: streaming tar read/write.
 //! - [`spool`]: the far side's resume spool.
+//! - [`store`]: layers read straight out of the local daemon's store.
 //! - [`send`] / [`receive`]: the two ends.
 
 pub mod adaptive;
@@ -18,4 +19,5 @@ pub mod receive;
 pub mod records;
 pub mod send;
 pub mod spool;
+pub mod store;
 pub mod tarstream;

@@ -25,6 +25,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::adaptive::AdaptiveZstd;
 use super::chain::{chain_ids, identify_v1_dir};
 use super::records;
+use super::store::LocalStore;
 use super::tarstream::TarReader;
 use crate::capture::Captured;
 use crate::docker::Daemon;
@@ -171,6 +172,83 @@ where
                 break;
             }
         }
+    }
+    o.finish(plan).await
+}
+
+/// The same stream, rebuilt from the local daemon's store
+/// ([`super::store`]), bottom layer first. Should a layer not be readable
+/// there after all (checked before its first byte is sent), that layer and
+/// the rest come from `export()`.
+pub async fn send_stored<R, W, F>(
+    store: LocalStore,
+    plan: &SendPlan,
+    out: W,
+    export: F,
+) -> Result<SendStats>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    F: FnOnce() -> R,
+{
+    let mut o = Out::new(out)?;
+    o.stats.source = "the daemon's layer store";
+    records::write_config(&mut o.enc, store.config()).await?;
+    o.config_sent = true;
+    for i in plan.have..plan.diff_ids.len() {
+        let layer = store.layer(i).clone();
+        let measured = {
+            let layer = layer.clone();
+            tokio::task::spawn_blocking(move || layer.measure())
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))
+                .and_then(|r| r)
+        };
+        let len = match measured {
+            Ok(len) => len,
+            Err(e) => {
+                tracing::info!(
+                    "dos: layer {} can't be read from the daemon's store ({e}); reading the rest by docker save",
+                    layer.diff_id
+                );
+                o.stats.source = "the daemon's layer store, then docker save";
+                o.read_export(export(), plan).await?;
+                break;
+            }
+        };
+        let skip = resume_offset(plan, &layer.diff_id, len);
+        write_header(&mut o.enc, &layer.diff_id, len, skip).await?;
+        let mut reader = layer.reader(skip);
+        let mut buf = vec![0u8; CHUNK];
+        let mut pos = skip;
+        loop {
+            let n = reader.read(&mut buf).await.with_context(|| {
+                format!("reading layer {} from the daemon's store", layer.diff_id)
+            })?;
+            if n == 0 {
+                break;
+            }
+            if pos + n as u64 > len {
+                bail!(
+                    "layer {} grew in the daemon's store while being read",
+                    layer.diff_id
+                );
+            }
+            pos += n as u64;
+            plan.read.fetch_add(n as u64, Ordering::Relaxed);
+            o.enc
+                .write_all(&buf[..n])
+                .await
+                .context("sending a layer")?;
+        }
+        if pos != len {
+            bail!(
+                "layer {} in the daemon's store: {pos} of {len} bytes",
+                layer.diff_id
+            );
+        }
+        o.stats.count(len, skip);
+        o.sent.insert(layer.diff_id);
     }
     o.finish(plan).await
 }
