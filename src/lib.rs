@@ -8,8 +8,9 @@
 //! - [`gate`]: what a relay stream may ask of the registry, checked on the pushing side.
 //! - [`upstream`]: forwarding to the registry on 127.0.0.1 (for the gate and the tunnel).
 //! - [`delta`]: the default path between two dos: what the far daemon has,
-//!   the missing layers as verified records in an adaptive zstd stream, the
-//!   far side's load and resume spool.
+//!   the missing layers (read out of the local daemon's store or export) as
+//!   verified records in an adaptive zstd stream, the far side's load and
+//!   resume spool.
 //! - [`capture`]: reading only the new layers out of the local daemon (a push into a capture registry).
 //! - [`docker`]: the Docker daemon API (bollard), connected like the docker CLI.
 //! - [`push`] / [`pull`]: the two commands.

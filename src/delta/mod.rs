@@ -1,7 +1,7 @@
 //! The delta path, used when both ends are dos and the far daemon uses the
 //! classic image store: learn which layer chains the far daemon has, stream
-//! only the missing layers out of the local daemon's export (zstd on the
-//! wire), verify each on arrival and load them.
+//! only the missing layers out of the local daemon's store or export (zstd
+//! on the wire), verify each on arrival and load them.
 //!
 //! - [`chain`]: diffIDs, chainIDs, and recognising layers in an export.
 //! - [`inventory`]: what the far daemon has.

@@ -1,13 +1,15 @@
-//! Pushing side of the delta path: read the image's export as it streams
-//! from the local daemon, and send only the layers the far side lacks
-//! (plus the config), zstd-compressed, as records.
+//! Pushing side of the delta path: send only the layers the far side lacks
+//! (plus the config), zstd-compressed, as records. They come from the local
+//! daemon's store where this process can read it ([`super::store`]), else
+//! from what the daemon pushes into the capture registry, else from its
+//! export, read as it streams.
 //!
-//! Layers are recognised before their bytes arrive wherever the export's
-//! layout allows (legacy `<v1 id>/json` directories, or `blobs/sha256/<diffID>`
-//! in OCI-style exports), so a layer the far side has is skipped without
-//! being buffered. A layer that can't be recognised that way is spooled to a
-//! temp file while hashed, then sent or dropped by its digest. The far side
-//! checks every layer sent against its diffID.
+//! In an export, layers are recognised before their bytes arrive wherever
+//! its layout allows (legacy `<v1 id>/json` directories, or
+//! `blobs/sha256/<diffID>` in OCI-style exports), so a layer the far side
+//! has is skipped without being buffered. A layer that can't be recognised
+//! that way is spooled to a temp file while hashed, then sent or dropped by
+//! its digest. The far side checks every layer sent against its diffID.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -506,4 +508,75 @@ async fn send_file<W: AsyncWrite + Unpin>(
 
 fn is_hex64(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delta::records::Record;
+    use crate::delta::store::fixture;
+    use crate::delta::tarstream;
+
+    /// Send one layer from a fixture store (falling back to an OCI-style
+    /// export holding the same layer), and read the stream back.
+    async fn send_one(on_disk: &[(&str, &[u8])]) -> (SendStats, Vec<u8>, Vec<u8>) {
+        let root = tempfile::tempdir().unwrap();
+        let files: &[(&str, &[u8])] = &[("a/f", b"12345"), ("g", &[7u8; 3000])];
+        let (image_id, tar) = fixture::store(root.path(), files, on_disk);
+        let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
+        let store =
+            LocalStore::locate(root.path(), &image_id, std::slice::from_ref(&diff_id)).unwrap();
+        let config = store.config().to_vec();
+        let mut export = Vec::new();
+        for (hex, body) in [(&diff_id[7..], &tar), (&image_id[7..], &config)] {
+            let name = format!("blobs/sha256/{hex}");
+            export.extend(tarstream::file_header(&name, body.len() as u64).unwrap());
+            export.extend_from_slice(body);
+            export.extend(tarstream::pad_for(body.len() as u64));
+        }
+        export.extend(tarstream::trailer());
+        let plan = SendPlan {
+            image_id,
+            diff_ids: vec![diff_id.clone()],
+            have: 0,
+            resume: HashMap::new(),
+            read: Arc::new(AtomicU64::new(0)),
+        };
+        let mut wire = Vec::new();
+        let stats = send_stored(store, &plan, &mut wire, || &export[..])
+            .await
+            .unwrap();
+        let raw = zstd::stream::decode_all(&wire[..]).unwrap();
+        let mut r = &raw[..];
+        let len = tar.len() as u64;
+        let config_len = config.len() as u64;
+        expect(&mut r, Record::Config { len: config_len }, &config).await;
+        expect(&mut r, Record::Layer { diff_id, len }, &tar).await;
+        expect(&mut r, Record::End, &[]).await;
+        (stats, tar, config)
+    }
+
+    async fn expect(r: &mut &[u8], rec: Record, body: &[u8]) {
+        assert_eq!(records::read_header(r).await.unwrap(), rec);
+        let mut got = vec![0u8; body.len()];
+        r.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, body);
+    }
+
+    #[tokio::test]
+    async fn layers_come_from_the_store() {
+        let on_disk: &[(&str, &[u8])] = &[("a/f", b"12345"), ("g", &[7u8; 3000])];
+        let (stats, tar, _) = send_one(on_disk).await;
+        assert_eq!(stats.source, "the daemon's layer store");
+        assert_eq!((stats.layers_sent, stats.raw_bytes), (1, tar.len() as u64));
+    }
+
+    /// A file of another size in the store: checked before the layer's first
+    /// byte, so the layer comes whole from the export instead.
+    #[tokio::test]
+    async fn a_layer_the_store_cannot_give_comes_from_the_export() {
+        let (stats, _, _) = send_one(&[("a/f", b"123"), ("g", &[7u8; 3000])]).await;
+        assert_eq!(stats.source, "the daemon's layer store, then docker save");
+        assert_eq!(stats.layers_sent, 1);
+    }
 }

@@ -360,17 +360,18 @@ fn invalid(e: impl ToString) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
+/// A store on disk, as the daemon would leave it, for tests here and in
+/// [`super::send`].
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixture {
     use super::*;
     use std::io::Write;
-    use tokio::io::AsyncReadExt;
 
     use crate::delta::tarstream;
 
     /// A tar of `files`, and the tar-split record the daemon would keep
     /// for it.
-    fn tar_and_split(files: &[(&str, &[u8])]) -> (Vec<u8>, Vec<u8>) {
+    pub fn tar_and_split(files: &[(&str, &[u8])]) -> (Vec<u8>, Vec<u8>) {
         let b64 = base64::engine::general_purpose::STANDARD;
         let (mut tar, mut lines) = (Vec::new(), String::new());
         let mut pending = Vec::new();
@@ -402,7 +403,11 @@ mod tests {
 
     /// A store under `root` holding a one-layer image made of `files`
     /// (written into the layer's directory as `on_disk` says).
-    fn store(root: &Path, files: &[(&str, &[u8])], on_disk: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    pub fn store(
+        root: &Path,
+        files: &[(&str, &[u8])],
+        on_disk: &[(&str, &[u8])],
+    ) -> (String, Vec<u8>) {
         let (tar, split) = tar_and_split(files);
         let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
         let config = format!("{{\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[\"{diff_id}\"]}}}}");
@@ -425,6 +430,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         (image_id, tar)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::store;
+    use super::*;
+    use tokio::io::AsyncReadExt;
 
     async fn read_all(layer: &Layer, skip: u64) -> io::Result<Vec<u8>> {
         let mut v = Vec::new();
