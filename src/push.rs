@@ -160,9 +160,10 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
     // While ssh connects: can the layers be read straight out of the
     // daemon's store (as root, on its machine)? Then neither `docker save`
     // nor the capture registry is needed.
-    let store = match delta_possible {
-        true => LocalStore::open(&daemon, &src.image_id, &src.diff_ids).await,
-        false => None,
+    let store = if delta_possible {
+        LocalStore::open(&daemon, &src.image_id, &src.diff_ids).await
+    } else {
+        None
     };
     // If not: can the daemon hand over just the new layers (capture), and
     // is this image mostly known to it, so that its push should start now?
@@ -393,18 +394,17 @@ async fn drive_delta(
                         let read = Arc::new(AtomicU64::new(0));
                         let plan = SendPlan { image_id: src.image_id.clone(), diff_ids: src.diff_ids.clone(), have: layers, resume, read: read.clone() };
                         let present: HashSet<String> = src.diff_ids[..layers].iter().cloned().collect();
-                        match capture.as_mut() {
-                            _ if store.is_some() => {
-                                let store = store.take().unwrap();
+                        match (store.take(), capture.as_mut()) {
+                            (Some(store), _) => {
                                 tracing::debug!("reading the missing layers from the daemon's store");
                                 sender = Some(tokio::spawn(async move { send::send_stored(store, &plan, far, move || export).await }));
                             }
-                            Some(c) if c.worth_it(layers) => {
+                            (None, Some(c)) if c.worth_it(layers) => {
                                 tracing::debug!("reading the missing layers through the capture registry");
                                 let rx = c.capture(present).context("capture started twice")?;
                                 sender = Some(tokio::spawn(async move { send::send_captured(rx, &plan, far, move || export).await }));
                             }
-                            c => {
+                            (None, c) => {
                                 if c.is_some_and(|c| c.saving()) {
                                     seed_watch = Some((Instant::now(), read));
                                 }

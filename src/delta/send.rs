@@ -21,7 +21,9 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt,
+};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::adaptive::AdaptiveZstd;
@@ -197,16 +199,8 @@ where
     o.stats.source = "the daemon's layer store";
     records::write_config(&mut o.enc, store.config()).await?;
     o.config_sent = true;
-    for i in plan.have..plan.diff_ids.len() {
-        let layer = store.layer(i).clone();
-        let measured = {
-            let layer = layer.clone();
-            tokio::task::spawn_blocking(move || layer.measure())
-                .await
-                .map_err(|e| io::Error::other(e.to_string()))
-                .and_then(|r| r)
-        };
-        let len = match measured {
+    for layer in &store.layers()[plan.have..] {
+        let len = match layer.tar_len().await {
             Ok(len) => len,
             Err(e) => {
                 tracing::info!(
@@ -220,37 +214,35 @@ where
         };
         let skip = resume_offset(plan, &layer.diff_id, len);
         write_header(&mut o.enc, &layer.diff_id, len, skip).await?;
-        let mut reader = layer.reader(skip);
-        let mut buf = vec![0u8; CHUNK];
-        let mut pos = skip;
-        loop {
-            let n = reader.read(&mut buf).await.with_context(|| {
-                format!("reading layer {} from the daemon's store", layer.diff_id)
-            })?;
-            if n == 0 {
-                break;
-            }
-            if pos + n as u64 > len {
-                bail!(
-                    "layer {} grew in the daemon's store while being read",
-                    layer.diff_id
-                );
-            }
-            pos += n as u64;
-            plan.read.fetch_add(n as u64, Ordering::Relaxed);
-            o.enc
-                .write_all(&buf[..n])
-                .await
-                .context("sending a layer")?;
-        }
-        if pos != len {
+        // Never more than the header announced; what is left over means the
+        // store changed while being read.
+        let mut body = layer.reader(skip).take(len - skip);
+        let sending = || format!("sending layer {} from the daemon's store", layer.diff_id);
+        let copied = tokio::io::copy_buf(&mut body, &mut o.enc)
+            .await
+            .with_context(sending)?;
+        if copied != len - skip {
             bail!(
-                "layer {} in the daemon's store: {pos} of {len} bytes",
+                "layer {} in the daemon's store: {} of {len} bytes",
+                layer.diff_id,
+                skip + copied
+            );
+        }
+        if !body
+            .into_inner()
+            .fill_buf()
+            .await
+            .with_context(sending)?
+            .is_empty()
+        {
+            bail!(
+                "layer {} grew in the daemon's store while being read",
                 layer.diff_id
             );
         }
+        plan.read.fetch_add(copied, Ordering::Relaxed);
         o.stats.count(len, skip);
-        o.sent.insert(layer.diff_id);
+        o.sent.insert(layer.diff_id.clone());
     }
     o.finish(plan).await
 }

@@ -39,7 +39,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncRead;
+use tokio::io::AsyncBufRead;
 use tokio::sync::mpsc;
 
 use super::chain::chain_ids;
@@ -139,18 +139,26 @@ impl LocalStore {
         &self.config
     }
 
-    /// The `i`th layer of the image, bottom first.
-    pub fn layer(&self, i: usize) -> &Layer {
-        &self.layers[i]
+    /// The image's layers, bottom first.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
     }
 }
 
 impl Layer {
     /// The tar's length, having checked that every file the record names is
-    /// a regular file of the recorded size beneath the layer's directory.
-    /// Blocking. Afterwards [`Layer::reader`] can only fail if the store
-    /// changes under it.
-    pub fn measure(&self) -> io::Result<u64> {
+    /// a regular file of the recorded size beneath the layer's directory
+    /// ([`Layer::measure`], in a blocking thread). Afterwards
+    /// [`Layer::reader`] can only fail if the store changes under it.
+    pub async fn tar_len(&self) -> io::Result<u64> {
+        let layer = self.clone();
+        tokio::task::spawn_blocking(move || layer.measure())
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// [`Layer::tar_len`], blocking.
+    fn measure(&self) -> io::Result<u64> {
         let dir = open_dir(&self.dir)?;
         let mut len = 0u64;
         for entry in entries(&self.split)? {
@@ -173,7 +181,7 @@ impl Layer {
     }
 
     /// The layer's tar from byte `skip` on, rebuilt in a blocking thread.
-    pub fn reader(&self, skip: u64) -> impl AsyncRead + Send + Unpin + 'static {
+    pub fn reader(&self, skip: u64) -> impl AsyncBufRead + Send + Unpin + 'static {
         let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(4);
         let layer = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -452,7 +460,7 @@ mod tests {
         let (image_id, tar) = store(root.path(), files, files);
         let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
         let s = LocalStore::locate(root.path(), &image_id, std::slice::from_ref(&diff_id)).unwrap();
-        let layer = s.layer(0);
+        let layer = &s.layers()[0];
         assert_eq!(layer.measure().unwrap(), tar.len() as u64);
         assert_eq!(read_all(layer, 0).await.unwrap(), tar);
         assert_eq!(read_all(layer, 1000).await.unwrap(), &tar[1000..]);
@@ -469,8 +477,8 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), dir.join("etc")).unwrap();
         let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
         let s = LocalStore::locate(root.path(), &image_id, &[diff_id]).unwrap();
-        assert!(s.layer(0).measure().is_err());
-        assert!(read_all(s.layer(0), 0).await.is_err());
+        assert!(s.layers()[0].measure().is_err());
+        assert!(read_all(&s.layers()[0], 0).await.is_err());
     }
 
     #[test]
@@ -501,6 +509,6 @@ mod tests {
         let (image_id, tar) = store(root.path(), &[("f", b"12345")], &[("f", b"123")]);
         let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
         let s = LocalStore::locate(root.path(), &image_id, &[diff_id]).unwrap();
-        assert!(s.layer(0).measure().is_err());
+        assert!(s.layers()[0].measure().is_err());
     }
 }
