@@ -118,6 +118,13 @@ pub fn records(data: &[u8]) {
                     assert!(offset <= len);
                     len - offset
                 }
+                Ok(Record::Sizes { count }) => match records::read_sizes(&mut r, count).await {
+                    Ok(sizes) => {
+                        assert!(sizes.len() <= records::MAX_SIZES as usize);
+                        continue;
+                    }
+                    Err(_) => return,
+                },
                 Ok(Record::End) | Err(_) => return,
             };
             let n = usize::try_from(skip).unwrap_or(usize::MAX).min(r.len());

@@ -25,6 +25,22 @@ pub fn empty() -> Body {
     Empty::new().map_err(|e: Infallible| match e {}).boxed()
 }
 
+/// A request body of at most `max` bytes (a manifest: small, from a peer
+/// or a daemon, so never trusted to be).
+pub async fn read_limited(mut body: Incoming, max: usize) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Some(d) = frame.context("reading a request body")?.data_ref() {
+            if out.len() + d.len() > max {
+                anyhow::bail!("a manifest over {max} bytes");
+            }
+            out.extend_from_slice(d);
+        }
+    }
+    Ok(out)
+}
+
 /// Serve one connection (a socket or an in-memory stream) with `handler`.
 pub async fn serve_io<I, F, Fut>(io: I, handler: F)
 where

@@ -12,6 +12,8 @@
 //!   verified records in an adaptive zstd stream, the far side's load and
 //!   resume spool.
 //! - [`capture`]: reading only the new layers out of the local daemon (a push into a capture registry).
+//! - [`engine`]: what dos needs of a container engine (Docker's classic
+//!   store, Docker's containerd image store, podman), behind one interface.
 //! - [`docker`]: the Docker daemon API (bollard), connected like the docker CLI.
 //! - [`push`] / [`pull`]: the two commands.
 //! - [`setup`]: what the environment says (CI variables, DOCKER_HOST) and the push plan.
@@ -30,6 +32,7 @@ pub mod capture;
 pub mod cli;
 pub mod delta;
 pub mod docker;
+pub mod engine;
 pub mod error;
 pub mod gate;
 pub mod http;

@@ -46,8 +46,13 @@ fn main() {
                 }
                 dos::push::push(opts).await.map(|r| {
                     tracing::info!(
-                        "dos: {} is on the far daemon (via {}{}; {} bytes sent, {} received, {:.1}s)",
+                        "dos: {} is on the far daemon{}{} (via {}{}; {} bytes sent, {} received, {:.1}s)",
                         r.image_id,
+                        r.far_engine.as_deref().map(|e| format!(", {e}")).unwrap_or_default(),
+                        r.local_id
+                            .as_deref()
+                            .map(|l| format!("; {l} here, on {}: the same config and layers", r.local_engine))
+                            .unwrap_or_default(),
                         r.path,
                         r.source.map(|s| format!(", read by {s}")).unwrap_or_default(),
                         r.wire_out,

@@ -14,17 +14,15 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::allow::{image_from_original_command, AllowList};
 use crate::auth::Credentials;
-use crate::delta::chain::{chain_ids, common_prefix};
-use crate::delta::inventory::{self, Store};
 use crate::delta::receive::{self, ReceivePlan};
 use crate::delta::spool::{Entry, Spool};
-use crate::docker::Daemon;
+use crate::engine::Engine;
 use crate::error::PeerError;
 use crate::mux::{self, Event, Liveness, Mux, Side};
 use crate::protocol::handshake::{
     self, DeltaPlan, Hello, Role, FEATURE_DELTA, FEATURE_EARLY_PLAN, FEATURE_HEARTBEAT,
 };
-use crate::protocol::message::{Message, Offer, Resume};
+use crate::protocol::message::{FarImage, Message, Offer, Resume};
 use crate::reference::ImageRef;
 use crate::registry::path::{valid_name, Digest};
 
@@ -55,17 +53,14 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
     // A fixed image is checked before anything is read.
     let fixed = fixed.map(checked).transpose()?;
     // The pusher's hello comes first (it doesn't wait for ours): without a
-    // fixed image it names the image, and it may carry the plan. Meanwhile:
-    // which plans this side can follow depends on its daemon. If the daemon
-    // is unreachable we still speak, so the pusher learns why.
-    let (read, (daemon, delta)) = tokio::join!(handshake::read(&mut stdin), async {
-        let daemon = Daemon::connect().await;
-        let delta = match &daemon {
-            Ok(d) => matches!(inventory::store_kind(d).await, Ok(Store::Classic)),
-            Err(_) => false,
-        };
-        (daemon, delta)
-    });
+    // fixed image it names the image, and it may carry the plan. Meanwhile
+    // this side connects to its engine: every engine takes a delta, but if
+    // the daemon is unreachable we still speak, so the pusher learns why.
+    let (read, engine) = tokio::join!(handshake::read(&mut stdin), Engine::connect());
+    let delta = engine.is_ok();
+    if let Ok(e) = &engine {
+        tracing::debug!("far engine: {e}");
+    }
     let (peer, leftover) = read.context("reading the pusher's handshake")?;
     let (image, wanted) = match fixed {
         Some(f) => f,
@@ -93,7 +88,7 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
     let (mux, events, _reader) = mux::start(stdin, leftover, stdout, Side::Dialer, liveness);
 
     let result = if opts.allow.allows(&image) {
-        serve(&mux, events, &wanted, &image, peer, early, daemon).await
+        serve(&mux, events, &wanted, &image, peer, early, engine).await
     } else {
         Err(PeerError::Refused(format!(
             "{image} is not allowed here (dos pull --allow {})",
@@ -102,15 +97,21 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
         .into())
     };
     let msg = match &result {
-        Ok(id) => Message::Outcome {
+        Ok((id, far)) => Message::Outcome {
             ok: true,
             message: format!("{image} is on the far daemon"),
             image_id: Some(id.clone()),
+            far: Some(far.clone()),
         },
         Err(e) => Message::Outcome {
             ok: false,
-            message: format!("{e:#}"),
+            // The pusher says "the far side failed: …" itself.
+            message: match e.downcast_ref::<PeerError>() {
+                Some(PeerError::FarFailure(m)) => m.clone(),
+                _ => format!("{e:#}"),
+            },
             image_id: None,
+            far: None,
         },
     };
     // Bounded: if the pusher is gone, the write fails or stalls; don't hang.
@@ -129,7 +130,8 @@ fn checked(image: String) -> Result<(String, ImageRef)> {
     Ok((image, r))
 }
 
-/// Check the pusher, follow its plan, tag the result; returns the image ID.
+/// Check the pusher, follow its plan, tag the result; returns the image ID
+/// and the far engine's view of the image.
 async fn serve(
     mux: &Mux,
     mut events: UnboundedReceiver<Event>,
@@ -137,8 +139,8 @@ async fn serve(
     wanted_str: &str,
     peer: Hello,
     early: Option<DeltaPlan>,
-    daemon: Result<Daemon>,
-) -> Result<String> {
+    engine: Result<Engine>,
+) -> Result<(String, FarImage)> {
     if peer.role != Role::Push {
         bail!(PeerError::Refused(
             "the other side is not a dos push".into()
@@ -151,7 +153,7 @@ async fn serve(
             peer.image
         )));
     }
-    let daemon = daemon?;
+    let engine = engine?;
     let plan = match early {
         Some(p) => Message::Delta {
             image_id: p.image_id,
@@ -167,46 +169,66 @@ async fn serve(
             }
         },
     };
-    match plan {
-        Message::Registry { offer } => via_registry(mux, &daemon, &offer, wanted, wanted_str).await,
+    let (id, config) = match plan {
+        Message::Registry { offer } => {
+            let id = via_registry(mux, &engine, &offer, wanted, wanted_str).await?;
+            (id, offer.image_id)
+        }
         Message::Delta { image_id, diff_ids } => {
-            let id = via_delta(mux, &mut events, &daemon, image_id, diff_ids).await?;
-            daemon
+            let id = via_delta(mux, &mut events, &engine, &image_id, diff_ids).await?;
+            engine
+                .daemon
                 .tag(&id, &wanted.repository(), wanted.tag_or_latest())
                 .await?;
-            Ok(id)
+            (id, image_id)
         }
         other => bail!(PeerError::Refused(format!("unexpected plan {other:?}"))),
-    }
+    };
+    let far = FarImage {
+        engine: engine.to_string(),
+        ids: engine.ids(),
+        config,
+        diff_ids: engine
+            .daemon
+            .inspect(&id)
+            .await?
+            .root_fs
+            .and_then(|r| r.layers)
+            .unwrap_or_default(),
+    };
+    Ok((id, far))
 }
 
 async fn via_delta(
     mux: &Mux,
     events: &mut UnboundedReceiver<Event>,
-    daemon: &Daemon,
-    image_id: String,
+    engine: &Engine,
+    config: &str,
     diff_ids: Vec<String>,
 ) -> Result<String> {
-    if Digest::parse(&image_id).is_none() || diff_ids.iter().any(|d| Digest::parse(d).is_none()) {
+    if Digest::parse(config).is_none() || diff_ids.iter().any(|d| Digest::parse(d).is_none()) {
         bail!(PeerError::Refused(
             "the pusher's plan names malformed digests".into()
         ));
     }
-    // The image itself may be here already (under another name, or an
-    // earlier transfer): then nothing needs to move.
-    if daemon.api.inspect_image(&image_id).await.is_ok() {
+    let holding = engine
+        .holding(config, &diff_ids)
+        .await
+        .context("learning what the far engine has")?;
+    if let Some(id) = holding.image {
         mux.control(
             Message::Have {
                 layers: diff_ids.len(),
                 image: true,
                 resume: Vec::new(),
+                sizes: false,
             }
             .to_bytes(),
         )
         .await;
-        return Ok(image_id);
+        return Ok(id);
     }
-    let have = common_prefix(&chain_ids(&diff_ids), &inventory::chains(daemon).await?);
+    let have = holding.layers;
     // Layers an interrupted transfer left in the spool: held (locked) from
     // now on, and offered so the pusher sends only the rest.
     let spool = Spool::from_env();
@@ -227,7 +249,7 @@ async fn via_delta(
         })
         .collect();
     tracing::info!(
-        "dos: receiving {} of {} layers{}",
+        "dos: receiving {} of {} layers into {engine}{}",
         diff_ids.len() - have,
         diff_ids.len(),
         if resume.is_empty() {
@@ -245,6 +267,7 @@ async fn via_delta(
             layers: have,
             image: false,
             resume,
+            sizes: holding.needs_sizes,
         }
         .to_bytes(),
     )
@@ -260,28 +283,28 @@ async fn via_delta(
     let (near, far) = tokio::io::duplex(256 * 1024);
     mux.attach(stream, near);
     let mut plan = ReceivePlan {
-        image_id,
+        image_id: config.to_string(),
         diff_ids,
         have,
         spool,
         held,
+        layout: engine.layout(),
+        blobs: holding.held,
     };
-    receive::receive(daemon, far, &mut plan).await?;
-    // Trust the daemon's word, not ours: the loaded image must be the one offered.
-    let got = daemon.inspect(&plan.image_id).await.map_err(|_| {
-        anyhow!(PeerError::FarFailure(format!(
-            "docker load did not produce image {}",
-            plan.image_id
-        )))
-    })?;
+    let manifest = receive::receive(&engine.daemon, far, &mut plan).await?;
+    // Trust the engine's word, not ours: the loaded image must be the one
+    // offered, and whole (an incomplete one is removed).
+    let loaded = engine
+        .verify(manifest.as_deref(), config, &plan.diff_ids)
+        .await
+        .map_err(|e| anyhow!(PeerError::FarFailure(format!("{e:#}"))))?;
     plan.clean_spool();
-    got.id
-        .ok_or_else(|| anyhow!("the daemon reported no image ID"))
+    Ok(loaded.id)
 }
 
 async fn via_registry(
     mux: &Mux,
-    daemon: &Daemon,
+    engine: &Engine,
     offer: &Offer,
     wanted: &ImageRef,
     wanted_str: &str,
@@ -315,19 +338,22 @@ async fn via_registry(
         password: offer.password.clone(),
     };
     tracing::info!("dos: pulling {wanted_str} through the relay");
+    let daemon = &engine.daemon;
+    let pulled_ref = format!("{source}@{}", offer.manifest);
     let pulled = daemon
         .pull(&source, &offer.manifest, creds.docker(&addr.to_string()))
         .await;
     acceptor.abort();
     let finished = async {
         pulled?;
-        let got = daemon
-            .inspect(&format!("{source}@{}", offer.manifest))
-            .await?;
+        let got = daemon.inspect(&pulled_ref).await?;
         let id = got.id.context("the daemon reported no image ID")?;
-        if id != offer.image_id {
+        // The manifest pulled is the one offered (pinned by digest), and it
+        // names the config; the engine names the image by one or the other.
+        let expected = engine.id_for(&offer.manifest, &offer.image_id);
+        if id != expected {
             bail!(PeerError::FarFailure(format!(
-                "pulled image {id}, but the pusher offered {}",
+                "pulled image {id}, but the pusher offered {expected} (config {})",
                 offer.image_id
             )));
         }
@@ -340,9 +366,10 @@ async fn via_registry(
     }
     .await;
     // Remove the relay's names (a digest reference under 127.0.0.1:PORT)
-    // whether or not the pull worked.
+    // whether or not the pull worked. Found through the reference pulled:
+    // the image's ID may not be the one offered.
     if let Err(e) = daemon
-        .untag_all_under(&offer.image_id, &format!("{addr}/"))
+        .untag_all_under(&pulled_ref, &format!("{addr}/"))
         .await
     {
         tracing::warn!("{e:#}");

@@ -6,7 +6,7 @@
 //! - registry: put the image in a registry on this machine and serve the far
 //!   daemon's `docker pull` through the gated relay.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,10 +18,10 @@ use tokio::task::JoinHandle;
 
 use crate::auth::Credentials;
 use crate::capture;
-use crate::delta::inventory::{store_kind, Store};
 use crate::delta::send::{self, SendPlan, SendStats};
 use crate::delta::store::LocalStore;
 use crate::docker::Daemon;
+use crate::engine::{Engine, Ids, Packed};
 use crate::error::PeerError;
 use crate::gate::Gate;
 use crate::mux::{self, Event, Liveness, Mux, MuxError, Side};
@@ -30,7 +30,7 @@ use crate::protocol::handshake::{
     self, DeltaPlan, HandshakeError, Hello, Role, FEATURE_DELTA, FEATURE_EARLY_PLAN,
     FEATURE_HEARTBEAT,
 };
-use crate::protocol::message::{Message, Offer};
+use crate::protocol::message::{FarImage, Message, Offer};
 use crate::reference::ImageRef;
 use crate::registry::Registry;
 use crate::setup::{Environment, Exposure, Plan};
@@ -105,7 +105,14 @@ pub struct SetupError(pub String);
 /// What a successful push did.
 #[derive(Debug)]
 pub struct PushReport {
+    /// The image's ID on the far engine.
     pub image_id: String,
+    /// Its ID here, where the far engine names images another way (the
+    /// config digest and the layers are the same on both).
+    pub local_id: Option<String>,
+    /// The engines at both ends (the far one as it says, when it does).
+    pub local_engine: String,
+    pub far_engine: Option<String>,
     /// "delta" or "registry".
     pub path: &'static str,
     /// Bytes written to and read from the transport.
@@ -122,8 +129,14 @@ pub struct PushReport {
 struct Source {
     image: ImageRef,
     image_str: String,
+    /// The local engine's ID for the image.
     image_id: String,
+    /// Its config digest: what the far side checks and reports.
+    config: String,
     diff_ids: Vec<String>,
+    /// Its compressed layer blobs in the export, by digest.
+    packed: HashMap<String, Packed>,
+    engine: Engine,
 }
 
 pub async fn push(opts: PushOptions) -> Result<PushReport> {
@@ -136,31 +149,38 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
         bail!(SetupError(format!("not pushing: {why}")));
     }
     // The image must exist before anything is started or tagged.
-    let daemon = match &opts.docker_host {
-        Some(h) => Daemon::connect_to(h).await?,
-        None => Daemon::connect().await?,
+    let engine = match &opts.docker_host {
+        Some(h) => Engine::connect_to(h).await?,
+        None => Engine::connect().await?,
     };
-    let info = daemon.inspect(&opts.image).await?;
+    let daemon = engine.daemon.clone();
+    let local = engine.image(&opts.image).await?;
+    tracing::debug!("local engine: {engine}");
     let src = Source {
         image,
         image_str: opts.image.clone(),
-        image_id: info.id.context("the daemon reported no image ID")?,
-        diff_ids: info.root_fs.and_then(|r| r.layers).unwrap_or_default(),
+        image_id: local.id.clone(),
+        config: local.config.clone(),
+        diff_ids: local.diff_ids.clone(),
+        packed: local.packed.clone(),
+        engine: engine.clone(),
     };
 
     // The delta path is possible unless the user chose otherwise (a service
     // registry keeps the registry path, as in the original tool) or the
-    // local export can't be read layer by layer.
+    // local engine's layers can't be read one by one.
     let delta_wanted = plan.try_delta;
-    let delta_possible = delta_wanted && store_kind(&daemon).await? == Store::Classic;
+    let delta_possible = delta_wanted && engine.reads_layers();
     if opts.via == Via::Delta && !delta_possible {
-        bail!("--via delta: the local daemon uses the containerd image store, which the delta path does not read; use --via registry");
+        bail!("--via delta: dos does not read layers out of {engine}; use --via registry");
     }
+    // Export alone where the classic store's faster readers don't apply.
+    let classic_readers = delta_possible && engine.classic_readers();
     let mut transport = Transport::spawn(&opts.command)?;
     // While ssh connects: can the layers be read straight out of the
     // daemon's store (as root, on its machine)? Then neither `docker save`
     // nor the capture registry is needed.
-    let store = if delta_possible {
+    let store = if classic_readers {
         LocalStore::open(&daemon, &src.image_id, &src.diff_ids).await
     } else {
         None
@@ -169,11 +189,11 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
     // is this image mostly known to it, so that its push should start now?
     let mut capture = None;
     let mut pushing_early = false;
-    if delta_possible && store.is_none() {
+    if classic_readers && store.is_none() {
         let image = capture::Image {
             id: src.image_id.clone(),
             diff_ids: src.diff_ids.clone(),
-            size: info.size.unwrap_or(0).max(0) as u64,
+            size: local.size,
         };
         capture = capture::Session::open(&daemon, image).await;
         if let Some(c) = capture.as_mut() {
@@ -229,7 +249,7 @@ async fn session(
             vec![FEATURE_HEARTBEAT.into()]
         },
         delta: layers.is_some().then(|| DeltaPlan {
-            image_id: src.image_id.clone(),
+            image_id: src.config.clone(),
             diff_ids: src.diff_ids.clone(),
         }),
     };
@@ -257,7 +277,7 @@ async fn session(
     let use_delta = layers.is_some() && peer.has(FEATURE_DELTA);
     if opts.via == Via::Delta && !use_delta {
         bail!(PeerError::Refused(
-            "--via delta: the far dos can't receive a delta (its daemon uses the containerd image store, or it is an older dos)".into()
+            "--via delta: the far dos can't receive a delta (it is an older dos, or its daemon is unreachable)".into()
         ));
     }
     if !use_delta {
@@ -294,7 +314,7 @@ async fn session(
         if !peer.has(FEATURE_EARLY_PLAN) {
             mux.control(
                 Message::Delta {
-                    image_id: src.image_id.clone(),
+                    image_id: src.config.clone(),
                     diff_ids: src.diff_ids.clone(),
                 }
                 .to_bytes(),
@@ -310,16 +330,14 @@ async fn session(
     // a failure there is nothing left worth waiting for.
     let grace = Duration::from_secs(if result.is_ok() { 10 } else { 1 });
     let _ = tokio::time::timeout(grace, mux.shutdown()).await;
-    let (far_id, stats) = result?;
-    if far_id != src.image_id {
-        bail!(PeerError::FarFailure(format!(
-            "the far daemon reports image {far_id}, expected {}",
-            src.image_id
-        )));
-    }
+    let ((far_id, far), stats) = result?;
+    let local_id = same_image(src, &far_id, far.as_ref())?;
     let (wire_out, wire_in) = mux.wire_bytes();
     Ok(PushReport {
         image_id: far_id,
+        local_id,
+        local_engine: src.engine.to_string(),
+        far_engine: far.map(|f| f.engine),
         path: if use_delta { "delta" } else { "registry" },
         wire_out,
         wire_in,
@@ -337,6 +355,41 @@ struct Layers<E> {
     store: Option<LocalStore>,
 }
 
+/// Is what the far side reports the image sent? The config digest and the
+/// layers must be the source's; the image ID too where both engines name
+/// images the same way. Returns the local ID where the IDs differ by design.
+fn same_image(src: &Source, far_id: &str, far: Option<&FarImage>) -> Result<Option<String>> {
+    let Some(far) = far else {
+        // An older far dos: its engine names images by their config.
+        if far_id != src.config {
+            bail!(PeerError::FarFailure(format!(
+                "the far daemon reports image {far_id}, expected {}",
+                src.config
+            )));
+        }
+        return Ok((far_id != src.image_id).then(|| src.image_id.clone()));
+    };
+    if far.config != src.config || far.diff_ids != src.diff_ids {
+        bail!(PeerError::FarFailure(format!(
+            "the far daemon holds config {} with layers {:?}; sent config {} with layers {:?}",
+            far.config, far.diff_ids, src.config, src.diff_ids
+        )));
+    }
+    // Named by the config at both ends: the same ID. (Two containerd stores
+    // give the same ID only to the same manifest bytes, and dos writes its
+    // own manifest over plain-tar layers.)
+    if far.ids == Ids::Config && src.engine.ids() == Ids::Config {
+        if far_id != src.image_id {
+            bail!(PeerError::FarFailure(format!(
+                "the far daemon reports image {far_id}, expected {}",
+                src.image_id
+            )));
+        }
+        return Ok(None);
+    }
+    Ok((far_id != src.image_id).then(|| src.image_id.clone()))
+}
+
 type Events = UnboundedReceiver<Event>;
 type Reader = JoinHandle<Result<(), MuxError>>;
 
@@ -349,7 +402,7 @@ async fn drive_delta(
     src: &Source,
     layers: Layers<impl AsyncRead + Send + Unpin + 'static>,
     capture: &mut Option<capture::Session>,
-) -> Result<(String, Option<SendStats>)> {
+) -> Result<(Reported, Option<SendStats>)> {
     let Layers { export, mut store } = layers;
     let mut export = Some(export);
     let mut sender: Option<JoinHandle<Result<SendStats>>> = None;
@@ -373,7 +426,7 @@ async fn drive_delta(
                     mux.reject(stream, "unexpected stream").await;
                 }
                 Some(Event::Control(bytes)) => match Message::from_bytes(&bytes) {
-                    Ok(Message::Have { layers, image, resume }) => {
+                    Ok(Message::Have { layers, image, resume, sizes }) => {
                         if layers > src.diff_ids.len() {
                             bail!(PeerError::FarFailure(format!("the far side claims {layers} layers of {}", src.diff_ids.len())));
                         }
@@ -392,14 +445,14 @@ async fn drive_delta(
                         mux.attach(stream, near);
                         let resume = resume.into_iter().map(|r| (r.diff_id, r.offset)).collect();
                         let read = Arc::new(AtomicU64::new(0));
-                        let plan = SendPlan { image_id: src.image_id.clone(), diff_ids: src.diff_ids.clone(), have: layers, resume, read: read.clone() };
+                        let plan = SendPlan { image_id: src.config.clone(), diff_ids: src.diff_ids.clone(), have: layers, resume, read: read.clone(), sizes, packed: src.packed.clone() };
                         let present: HashSet<String> = src.diff_ids[..layers].iter().cloned().collect();
                         match (store.take(), capture.as_mut()) {
                             (Some(store), _) => {
                                 tracing::debug!("reading the missing layers from the daemon's store");
                                 sender = Some(tokio::spawn(async move { send::send_stored(store, &plan, far, move || export).await }));
                             }
-                            (None, Some(c)) if c.worth_it(layers) => {
+                            (None, Some(c)) if c.worth_it(layers) && !sizes => {
                                 tracing::debug!("reading the missing layers through the capture registry");
                                 let rx = c.capture(present).context("capture started twice")?;
                                 sender = Some(tokio::spawn(async move { send::send_captured(rx, &plan, far, move || export).await }));
@@ -412,8 +465,8 @@ async fn drive_delta(
                             }
                         }
                     }
-                    Ok(Message::Outcome { ok, message, image_id }) => {
-                        return outcome(ok, message, image_id).map(|id| (id, stats));
+                    Ok(Message::Outcome { ok, message, image_id, far }) => {
+                        return outcome(ok, message, image_id, far).map(|r| (r, stats));
                     }
                     Ok(other) => bail!(PeerError::FarFailure(format!("unexpected message {other:?}"))),
                     Err(e) => bail!(lost(format!("unreadable control message: {e}"))),
@@ -445,7 +498,7 @@ async fn drive_registry(
     daemon: &Daemon,
     opts: &PushOptions,
     plan: &Plan,
-) -> Result<(String, Option<SendStats>)> {
+) -> Result<(Reported, Option<SendStats>)> {
     let registry;
     let (addr, push_creds) = match plan.registry_port {
         Some(port) => (format!("127.0.0.1:{port}"), None),
@@ -504,7 +557,7 @@ async fn drive_registry(
     let offer = Offer {
         repository: src.image.path.clone(),
         manifest,
-        image_id: src.image_id.clone(),
+        image_id: src.config.clone(),
         username: pull_creds.username.clone(),
         password: pull_creds.password.clone(),
     };
@@ -522,8 +575,9 @@ async fn drive_registry(
                     ok,
                     message,
                     image_id,
+                    far,
                 }) => {
-                    return outcome(ok, message, image_id).map(|id| (id, None));
+                    return outcome(ok, message, image_id, far).map(|r| (r, None));
                 }
                 Ok(other) => bail!(PeerError::FarFailure(format!(
                     "unexpected message {other:?}"
@@ -563,9 +617,17 @@ async fn push_to_registry(
     pushed.with_context(|| format!("pushing {} into the registry at {addr}", src.image))
 }
 
-fn outcome(ok: bool, message: String, image_id: Option<String>) -> Result<String> {
+/// The far side's image ID and its view of the image.
+type Reported = (String, Option<FarImage>);
+
+fn outcome(
+    ok: bool,
+    message: String,
+    image_id: Option<String>,
+    far: Option<FarImage>,
+) -> Result<Reported> {
     match (ok, image_id) {
-        (true, Some(id)) => Ok(id),
+        (true, Some(id)) => Ok((id, far)),
         (true, None) => Err(PeerError::FarFailure("no image ID reported".into()).into()),
         (false, _) => Err(PeerError::FarFailure(message).into()),
     }

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::known::Blob;
 use crate::auth::Credentials;
-use crate::http::{empty, Body};
+use crate::http::{empty, read_limited, Body};
 use crate::registry::path::{self, Digest, Route};
 use crate::registry::server::{blob_created, error, query_pairs, unauthorized, upload_accepted};
 
@@ -297,19 +297,6 @@ fn put_back(shared: &Shared, id: &str, up: Upload) {
     if let Some(slot) = shared.uploads.lock().unwrap().get_mut(id) {
         *slot = Some(up);
     }
-}
-
-async fn read_limited(mut body: Incoming, max: usize) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    while let Some(frame) = body.frame().await {
-        if let Some(d) = frame.context("reading a request body")?.data_ref() {
-            if out.len() + d.len() > max {
-                anyhow::bail!("a manifest over {max} bytes");
-            }
-            out.extend_from_slice(d);
-        }
-    }
-    Ok(out)
 }
 
 fn plain(s: StatusCode) -> Response<Body> {

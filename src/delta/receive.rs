@@ -2,10 +2,13 @@
 //! against its diffID and the config against the image ID as they stream,
 //! and feed a `docker load` archive built on the fly.
 //!
-//! The archive holds only the layers sent: the classic store skips a layer
-//! file whose chain it already has. The manifest is written here, from the
-//! verified config, with no tags (the caller tags after checking the image
-//! ID), so a peer can't name or overwrite anything through it.
+//! The archive holds only the layers sent, in the form the far engine loads
+//! ([`Layout`]): a `docker save` archive (the classic store skips a layer
+//! file whose chain it already has), or an OCI layout whose manifest names
+//! the held layers by the descriptors the engine holds them under. The
+//! manifest is written here, from the verified config, with no tags (the
+//! caller tags after checking the image), so a peer can't name or
+//! overwrite anything through it.
 //!
 //! Each layer's bytes also go to the resume spool as they arrive. A layer
 //! the pusher resumes is replayed from the spool first, then completed from
@@ -30,6 +33,8 @@ use super::records::{self, Record};
 use super::spool::{self, Entry, Spool};
 use super::tarstream;
 use crate::docker::Daemon;
+use crate::engine::oci::{self, Descriptor, Manifest};
+use crate::engine::Layout;
 
 const CHUNK: usize = 128 * 1024;
 
@@ -42,6 +47,12 @@ pub struct ReceivePlan {
     /// Spool files this transfer holds, by diffID: those offered to the
     /// pusher for resuming, and those written since.
     pub held: HashMap<String, Entry>,
+    /// The form the far engine loads.
+    pub layout: Layout,
+    /// OCI layout: the descriptors the engine holds the first `have` layers
+    /// under; empty where it finds them by diffID (then they are named as
+    /// plain tars, with the lengths the pusher sends).
+    pub blobs: Vec<Descriptor>,
 }
 
 impl ReceivePlan {
@@ -53,12 +64,13 @@ impl ReceivePlan {
     }
 }
 
-/// Receive the stream and load it. Returns the loaded image ID.
+/// Receive the stream and load it. Returns the digest of the manifest
+/// written (OCI layout only).
 pub async fn receive<R: AsyncRead + Unpin>(
     daemon: &Daemon,
     input: R,
     plan: &mut ReceivePlan,
-) -> Result<String> {
+) -> Result<Option<String>> {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
     let load = tokio::spawn(load(daemon.clone(), rx));
     let fed = feed(input, plan, &tx).await;
@@ -68,21 +80,24 @@ pub async fn receive<R: AsyncRead + Unpin>(
     }
     drop(tx);
     let loaded = load.await.map_err(|e| anyhow!("docker load task: {e}"))?;
-    fed?;
+    let manifest = fed?;
     loaded?;
-    Ok(plan.image_id.clone())
+    Ok(manifest)
 }
 
 async fn feed<R: AsyncRead + Unpin>(
     input: R,
     plan: &mut ReceivePlan,
     tx: &mpsc::Sender<io::Result<Bytes>>,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let params = [DParameter::window_log_max(WINDOW_LOG)];
     let mut dec = ZstdDecoder::with_params(BufReader::new(input), &params);
     let expected: HashSet<String> = plan.diff_ids[plan.have..].iter().cloned().collect();
     let mut got: HashSet<String> = HashSet::new();
     let mut config: Option<Vec<u8>> = None;
+    // Tar lengths: of the layers received, and of held ones as the pusher
+    // reports them.
+    let mut lens: HashMap<String, u64> = HashMap::new();
     let send = |b: Bytes| async move {
         tx.send(Ok(b))
             .await
@@ -110,6 +125,7 @@ async fn feed<R: AsyncRead + Unpin>(
             Record::Layer { diff_id, len } => {
                 check_wanted(&expected, &got, &diff_id)?;
                 layer(&mut dec, &send, plan, &expected, &diff_id, len, 0).await?;
+                lens.insert(diff_id.clone(), len);
                 got.insert(diff_id);
             }
             Record::Resume {
@@ -119,7 +135,16 @@ async fn feed<R: AsyncRead + Unpin>(
             } => {
                 check_wanted(&expected, &got, &diff_id)?;
                 layer(&mut dec, &send, plan, &expected, &diff_id, len, offset).await?;
+                lens.insert(diff_id.clone(), len);
                 got.insert(diff_id);
+            }
+            Record::Sizes { count } => {
+                let held = &plan.diff_ids[..plan.have];
+                for (d, len) in records::read_sizes(&mut dec, count).await? {
+                    if held.contains(&d) {
+                        lens.entry(d).or_insert(len);
+                    }
+                }
             }
             Record::End => break,
         }
@@ -129,18 +154,16 @@ async fn feed<R: AsyncRead + Unpin>(
         bail!("the stream ended without layers {missing:?}");
     }
     let config = config.ok_or_else(|| anyhow!("the stream ended without the image config"))?;
-    let hex = plan.image_id.trim_start_matches("sha256:");
-    let config_name = format!("{hex}.json");
-    let manifest = serde_json::to_vec(&serde_json::json!([{
-        "Config": config_name,
-        "RepoTags": null,
-        "Layers": plan.diff_ids.iter()
-            .map(|d| format!("{}/layer.tar", d.trim_start_matches("sha256:")))
-            .collect::<Vec<_>>(),
-    }]))?;
-    for (name, body) in [(config_name.as_str(), config), ("manifest.json", manifest)] {
+    let (files, manifest) = match plan.layout {
+        Layout::DockerArchive => (docker_archive(plan, config)?, None),
+        Layout::Oci => {
+            let (files, digest) = oci_layout(plan, config, &lens)?;
+            (files, Some(digest))
+        }
+    };
+    for (name, body) in files {
         send(Bytes::copy_from_slice(&tarstream::file_header(
-            name,
+            &name,
             body.len() as u64,
         )?))
         .await?;
@@ -149,7 +172,68 @@ async fn feed<R: AsyncRead + Unpin>(
         send(Bytes::from(pad)).await?;
     }
     send(Bytes::copy_from_slice(&tarstream::trailer())).await?;
-    Ok(())
+    Ok(manifest)
+}
+
+/// Files of an archive: name and contents.
+type Files = Vec<(String, Vec<u8>)>;
+
+/// Where a layer goes in the archive.
+fn layer_entry(layout: Layout, diff_id: &str) -> String {
+    let hex = diff_id.trim_start_matches("sha256:");
+    match layout {
+        Layout::DockerArchive => format!("{hex}/layer.tar"),
+        Layout::Oci => format!("blobs/sha256/{hex}"),
+    }
+}
+
+/// The files after the layers of a `docker save` archive.
+fn docker_archive(plan: &ReceivePlan, config: Vec<u8>) -> Result<Files> {
+    let hex = plan.image_id.trim_start_matches("sha256:");
+    let config_name = format!("{hex}.json");
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": config_name,
+        "RepoTags": null,
+        "Layers": plan.diff_ids.iter()
+            .map(|d| layer_entry(Layout::DockerArchive, d))
+            .collect::<Vec<_>>(),
+    }]))?;
+    Ok(vec![
+        (config_name, config),
+        ("manifest.json".into(), manifest),
+    ])
+}
+
+/// The files after the layers of an OCI layout, and its manifest's digest.
+fn oci_layout(
+    plan: &ReceivePlan,
+    config: Vec<u8>,
+    lens: &HashMap<String, u64>,
+) -> Result<(Files, String)> {
+    let mut layers = Vec::with_capacity(plan.diff_ids.len());
+    for (i, d) in plan.diff_ids.iter().enumerate() {
+        let held = plan.blobs.get(i).filter(|_| i < plan.have).cloned();
+        let desc = match (held, lens.get(d)) {
+            (Some(b), _) => b,
+            (None, Some(&len)) => Descriptor::layer_tar(d, len),
+            (None, None) => bail!("the pusher did not say how long held layer {d} is"),
+        };
+        layers.push(desc);
+    }
+    let manifest = Manifest::new(&config, layers);
+    let body = manifest.to_bytes();
+    let digest = oci::sha256(&body);
+    let index = oci::index(&body, &manifest.media_type);
+    let blob = |d: &str| format!("blobs/sha256/{}", d.trim_start_matches("sha256:"));
+    Ok((
+        vec![
+            (blob(&manifest.config.digest), config),
+            (blob(&digest), body),
+            ("index.json".into(), index),
+            ("oci-layout".into(), oci::LAYOUT_FILE.to_vec()),
+        ],
+        digest,
+    ))
 }
 
 fn check_wanted(expected: &HashSet<String>, got: &HashSet<String>, diff_id: &str) -> Result<()> {
@@ -195,9 +279,8 @@ where
                 .and_then(|s| s.create(diff_id, len, expected)),
         }
     };
-    let hex = diff_id.trim_start_matches("sha256:");
     send(Bytes::copy_from_slice(&tarstream::file_header(
-        &format!("{hex}/layer.tar"),
+        &layer_entry(plan.layout, diff_id),
         len,
     )?))
     .await?;

@@ -6,6 +6,9 @@
 //! 'P' diffID:[u8;32] len:u64 offset:u64 bytes
 //!                            the same layer, minus the first `offset` bytes,
 //!                            which the far side holds in its resume spool
+//! 'S' count:u32 (diffID:[u8;32] len:u64)*count
+//!                            the tar length of layers the far side holds,
+//!                            sent only when it asks (its load names them)
 //! 'E'                        end
 //! ```
 
@@ -15,6 +18,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Image configs are small; this bounds what a peer can make us buffer.
 pub const MAX_CONFIG: u64 = 16 << 20;
+
+/// Entries in a sizes record, at most (no image has more layers).
+pub const MAX_SIZES: u32 = 1024;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Record {
@@ -29,6 +35,10 @@ pub enum Record {
         diff_id: String,
         len: u64,
         offset: u64,
+    },
+    /// `count` (diffID, length) pairs follow; read them with [`read_sizes`].
+    Sizes {
+        count: u32,
     },
     End,
 }
@@ -68,6 +78,34 @@ pub async fn write_resume_header<W: AsyncWrite + Unpin>(
 fn digest_bytes(diff_id: &str) -> io::Result<Vec<u8>> {
     let hex = diff_id.strip_prefix("sha256:").unwrap_or(diff_id);
     hex::decode(hex).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// The tar lengths of held layers.
+pub async fn write_sizes<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    sizes: &[(String, u64)],
+) -> io::Result<()> {
+    w.write_u8(b'S').await?;
+    w.write_u32(sizes.len() as u32).await?;
+    for (d, len) in sizes {
+        w.write_all(&digest_bytes(d)?).await?;
+        w.write_u64(*len).await?;
+    }
+    Ok(())
+}
+
+/// The body of a sizes record.
+pub async fn read_sizes<R: AsyncRead + Unpin>(
+    r: &mut R,
+    count: u32,
+) -> io::Result<Vec<(String, u64)>> {
+    let mut out = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let mut raw = [0u8; 32];
+        r.read_exact(&mut raw).await?;
+        out.push((format!("sha256:{}", hex::encode(raw)), r.read_u64().await?));
+    }
+    Ok(out)
 }
 
 pub async fn write_end<W: AsyncWrite + Unpin>(w: &mut W) -> io::Result<()> {
@@ -112,6 +150,16 @@ pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Record> 
                 len,
                 offset,
             })
+        }
+        b'S' => {
+            let count = r.read_u32().await?;
+            if count > MAX_SIZES {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("sizes of {count} layers"),
+                ));
+            }
+            Ok(Record::Sizes { count })
         }
         b'E' => Ok(Record::End),
         other => Err(io::Error::new(
@@ -170,6 +218,17 @@ mod tests {
         assert!(read_header(&mut &past[..]).await.is_err());
         assert!(read_header(&mut r).await.is_err());
         assert!(read_header(&mut &b"Z"[..]).await.is_err());
+        let mut sizes = Vec::new();
+        write_sizes(&mut sizes, &[(d.clone(), 7)]).await.unwrap();
+        let mut r = &sizes[..];
+        assert_eq!(
+            read_header(&mut r).await.unwrap(),
+            Record::Sizes { count: 1 }
+        );
+        assert_eq!(read_sizes(&mut r, 1).await.unwrap(), vec![(d.clone(), 7)]);
+        let mut many = vec![b'S'];
+        many.extend_from_slice(&(MAX_SIZES + 1).to_be_bytes());
+        assert!(read_header(&mut &many[..]).await.is_err());
         let mut big = vec![b'C'];
         big.extend_from_slice(&u64::MAX.to_be_bytes());
         assert!(read_header(&mut &big[..]).await.is_err());

@@ -33,6 +33,7 @@ use super::store::LocalStore;
 use super::tarstream::TarReader;
 use crate::capture::Captured;
 use crate::docker::Daemon;
+use crate::engine::{Compression, Packed};
 
 const CHUNK: usize = 128 * 1024;
 
@@ -46,6 +47,10 @@ pub struct SendPlan {
     /// Uncompressed bytes of missing layers read so far (for the caller to
     /// judge the link's pace).
     pub read: Arc<AtomicU64>,
+    /// The far side asked for the tar lengths of the layers it holds.
+    pub sizes: bool,
+    /// Compressed layer blobs in the export, by blob digest.
+    pub packed: HashMap<String, Packed>,
 }
 
 impl SendPlan {
@@ -199,6 +204,17 @@ where
     o.stats.source = "the daemon's layer store";
     records::write_config(&mut o.enc, store.config()).await?;
     o.config_sent = true;
+    if plan.sizes {
+        for layer in &store.layers()[..plan.have] {
+            let len = layer.tar_len().await.with_context(|| {
+                format!(
+                    "reading the length of layer {} in the daemon's store",
+                    layer.diff_id
+                )
+            })?;
+            o.lens.insert(layer.diff_id.clone(), len);
+        }
+    }
     for layer in &store.layers()[plan.have..] {
         let len = match layer.tar_len().await {
             Ok(len) => len,
@@ -253,6 +269,8 @@ struct Out<W: AsyncWrite + Unpin> {
     sent: HashSet<String>,
     config_sent: bool,
     stats: SendStats,
+    /// Tar lengths of the layers seen, by diffID (for a sizes record).
+    lens: HashMap<String, u64>,
 }
 
 impl<W: AsyncWrite + Unpin> Out<W> {
@@ -262,6 +280,7 @@ impl<W: AsyncWrite + Unpin> Out<W> {
             sent: HashSet::new(),
             config_sent: false,
             stats: SendStats::default(),
+            lens: HashMap::new(),
         })
     }
 
@@ -282,6 +301,7 @@ impl<W: AsyncWrite + Unpin> Out<W> {
             sent,
             config_sent,
             stats,
+            lens,
         } = self;
 
         while let Some(entry) = tar.next().await.context("reading the image export")? {
@@ -306,21 +326,42 @@ impl<W: AsyncWrite + Unpin> Out<W> {
                         let skip = resume_offset(plan, &d, entry.size);
                         stream_layer(&mut tar, enc, &d, entry.size, skip, &plan.read).await?;
                         stats.count(entry.size, skip);
+                        lens.insert(d.clone(), entry.size);
                         sent.insert(d);
                     }
-                    Some(_) => {}
+                    Some(d) => {
+                        lens.insert(d, entry.size);
+                    }
                     None => {
-                        if let Some((d, skip)) =
-                            spool_layer(&mut tar, enc, entry.size, &missing, sent, plan).await?
-                        {
+                        let (d, sent_now) =
+                            spool_layer(&mut tar, enc, entry.size, &missing, sent, plan).await?;
+                        if let Some(skip) = sent_now {
                             stats.count(entry.size, skip);
-                            sent.insert(d);
+                            sent.insert(d.clone());
                         }
+                        lens.insert(d, entry.size);
                     }
                 }
             } else if let Some(hex) = path.strip_prefix("blobs/sha256/") {
                 let d = format!("sha256:{hex}");
-                if hex == image_hex && !*config_sent {
+                if plan.diff_ids.contains(&d) {
+                    lens.insert(d.clone(), entry.size);
+                }
+                if let Some(p) = plan.packed.get(&d) {
+                    // A compressed blob (containerd store): unpacked when
+                    // it must be sent, or its length must be told.
+                    let wanted = missing.contains(p.diff_id.as_str()) && !sent.contains(&p.diff_id);
+                    if wanted || (plan.sizes && !lens.contains_key(&p.diff_id)) {
+                        let (mut file, len) = unpack_layer(&mut tar, p).await?;
+                        lens.insert(p.diff_id.clone(), len);
+                        if wanted {
+                            let skip = send_file(&mut file, enc, &p.diff_id, len, plan).await?;
+                            plan.read.fetch_add(len, Ordering::Relaxed);
+                            stats.count(len, skip);
+                            sent.insert(p.diff_id.clone());
+                        }
+                    }
+                } else if hex == image_hex && !*config_sent {
                     send_config(&mut tar, enc, &plan.image_id).await?;
                     *config_sent = true;
                 } else if missing.contains(d.as_str()) && !sent.contains(&d) {
@@ -350,6 +391,15 @@ impl<W: AsyncWrite + Unpin> Out<W> {
         self.stats.layers_sent = self.sent.len();
         self.stats.layers_skipped = plan.have;
         self.stats.zstd_level = self.enc.level();
+        if plan.sizes {
+            // Each held layer's length, as far as the export showed it; the
+            // far side names any it lacks in its error.
+            let sizes: Vec<(String, u64)> = plan.diff_ids[..plan.have]
+                .iter()
+                .filter_map(|d| self.lens.get(d).map(|&l| (d.clone(), l)))
+                .collect();
+            records::write_sizes(&mut self.enc, &sizes).await?;
+        }
         records::write_end(&mut self.enc).await?;
         self.enc
             .shutdown()
@@ -446,7 +496,7 @@ async fn stream_layer<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 }
 
 /// A layer we couldn't place: hash it into a temp file, then send it if the
-/// far side needs it. Returns its diffID and the bytes skipped if it was sent.
+/// far side needs it. Returns its diffID, and the bytes skipped if it was sent.
 async fn spool_layer<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     tar: &mut TarReader<R>,
     enc: &mut W,
@@ -454,7 +504,7 @@ async fn spool_layer<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     missing: &HashSet<&str>,
     sent: &HashSet<String>,
     plan: &SendPlan,
-) -> Result<Option<(String, u64)>> {
+) -> Result<(String, Option<u64>)> {
     let spool = tempfile::tempfile().context("creating a spool file")?;
     let mut file = tokio::fs::File::from_std(spool);
     let mut hasher = Sha256::new();
@@ -469,11 +519,98 @@ async fn spool_layer<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     }
     let d = format!("sha256:{}", hex::encode(hasher.finalize()));
     if !missing.contains(d.as_str()) || sent.contains(&d) {
-        return Ok(None);
+        return Ok((d, None));
     }
     file.flush().await?;
     let skip = send_file(&mut file, enc, &d, len, plan).await?;
-    Ok(Some((d, skip)))
+    Ok((d, Some(skip)))
+}
+
+/// A compressed layer blob, unpacked into a temp file and checked against
+/// its diffID. Returns the file (rewound) and the tar's length.
+async fn unpack_layer<R: AsyncRead + Unpin>(
+    tar: &mut TarReader<R>,
+    packed: &Packed,
+) -> Result<(tokio::fs::File, u64)> {
+    let unpacking = || format!("unpacking layer {} from the export", packed.diff_id);
+    let sink = Hashing {
+        file: tempfile::tempfile().context("creating a spool file")?,
+        hasher: Sha256::new(),
+        len: 0,
+    };
+    let mut dec = match packed.compression {
+        Compression::Gzip => Unpack::Gzip(flate2::write::GzDecoder::new(sink)),
+        Compression::Zstd => Unpack::Zstd(
+            zstd::stream::write::Decoder::new(sink).context("starting a zstd decoder")?,
+        ),
+    };
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = tar.read(&mut buf).await.with_context(unpacking)?;
+        if n == 0 {
+            break;
+        }
+        dec.write(&buf[..n]).with_context(unpacking)?;
+    }
+    let sink = dec.finish().with_context(unpacking)?;
+    let got = format!("sha256:{}", hex::encode(sink.hasher.finalize()));
+    if got != packed.diff_id {
+        bail!(
+            "layer {} in the export unpacks to content hashing to {got}",
+            packed.diff_id
+        );
+    }
+    let mut file = tokio::fs::File::from_std(sink.file);
+    file.rewind().await?;
+    Ok((file, sink.len))
+}
+
+/// A decompressor writing into a [`Hashing`] file. Written to in chunks
+/// from the export; flate2 and zstd both decode as they are written to.
+enum Unpack {
+    Gzip(flate2::write::GzDecoder<Hashing>),
+    Zstd(zstd::stream::write::Decoder<'static, Hashing>),
+}
+
+impl Unpack {
+    fn write(&mut self, b: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        match self {
+            Unpack::Gzip(d) => d.write_all(b),
+            Unpack::Zstd(d) => d.write_all(b),
+        }
+    }
+
+    fn finish(self) -> io::Result<Hashing> {
+        use std::io::Write;
+        match self {
+            Unpack::Gzip(d) => d.finish(),
+            Unpack::Zstd(mut d) => {
+                d.flush()?;
+                Ok(d.into_inner())
+            }
+        }
+    }
+}
+
+/// A temp file that hashes and counts what is written to it.
+struct Hashing {
+    file: std::fs::File,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl std::io::Write for Hashing {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(b)?;
+        self.hasher.update(&b[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// A layer of known identity held in a file: its record, minus what the
@@ -533,6 +670,8 @@ mod tests {
             have: 0,
             resume: HashMap::new(),
             read: Arc::new(AtomicU64::new(0)),
+            sizes: false,
+            packed: HashMap::new(),
         };
         let mut wire = Vec::new();
         let stats = send_stored(store, &plan, &mut wire, || &export[..])

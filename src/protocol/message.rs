@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::Ids;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
@@ -24,6 +26,10 @@ pub enum Message {
         image: bool,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         resume: Vec<Resume>,
+        /// The far engine's load names the held layers: send their tar
+        /// lengths (a sizes record) before the end of the stream.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        sizes: bool,
     },
     /// The puller's final word: the image is in place (with its ID), or why not.
     Outcome {
@@ -31,7 +37,24 @@ pub enum Message {
         message: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         image_id: Option<String>,
+        /// The far side's view of the image (absent from older far sides,
+        /// whose engines name images by their config).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        far: Option<FarImage>,
     },
+}
+
+/// How the far engine holds the image it reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FarImage {
+    /// The engine, e.g. "Docker 28.5.2 (containerd image store)".
+    pub engine: String,
+    /// How it names images.
+    pub ids: Ids,
+    /// The image's config digest.
+    pub config: String,
+    /// Its layers, bottom first, as the far engine reports them.
+    pub diff_ids: Vec<String>,
 }
 
 /// The far side holds the first `offset` bytes of a layer's tar (from an
@@ -51,7 +74,8 @@ pub struct Offer {
     pub repository: String,
     /// The manifest digest to pull (pinned: a tag could move meanwhile).
     pub manifest: String,
-    /// The image ID (config digest) the far side must end up with.
+    /// The config digest of the image the far side must end up with
+    /// (the image ID on engines that name images by their config).
     pub image_id: String,
     pub username: String,
     pub password: String,

@@ -24,6 +24,13 @@ pub struct Env {
     /// A daemon whose data root is a small tmpfs (a far disk that fills up).
     pub tiny: String,
     pub tiny_root: PathBuf,
+    /// Docker with the containerd image store, here and on the second host.
+    pub c_local: String,
+    pub c_remote: String,
+    /// podman's API on the second host, and its storage (podman's global
+    /// flags) for the podman CLI.
+    pub podman: String,
+    pub podman_store: String,
 }
 
 /// The environment, or `None` when the tests run outside `tests/run.sh`
@@ -47,6 +54,10 @@ pub fn env() -> Option<&'static Env> {
                 local_ip: get("DOS_TEST_LOCAL_IP")?,
                 tiny: get("DOS_TEST_TINY")?,
                 tiny_root: get("DOS_TEST_TINY_ROOT")?.into(),
+                c_local: get("DOS_TEST_C_LOCAL")?,
+                c_remote: get("DOS_TEST_C_REMOTE")?,
+                podman: get("DOS_TEST_PODMAN")?,
+                podman_store: get("DOS_TEST_PODMAN_STORE")?,
             })
         })();
         if e.is_none() && get("DOS_TEST_REQUIRE").is_some() {

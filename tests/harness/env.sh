@@ -13,6 +13,10 @@
 #           to this one, sshd on REMOTE_IP:22, and its own dockerd  DIR/remote.sock
 #   tiny    dockerd whose data root is a 96 MiB tmpfs (a far disk that fills up)
 #                                                        DIR/tiny.sock
+#   Today's engines (tests/harness/engines.sh): the newest Docker and
+#   containerd in Debian's archive, unpacked (not installed), with the
+#   containerd image store, here (DIR/c-local.sock) and on the second host
+#   (DIR/c-remote.sock); podman on the second host (DIR/podman.sock).
 set -euo pipefail
 
 need_pkgs() {
@@ -26,6 +30,8 @@ need_pkgs() {
   command -v zstd >/dev/null || missing+=(zstd)
   command -v python3 >/dev/null || missing+=(python3)
   command -v pgrep >/dev/null && command -v kill >/dev/null || missing+=(procps)
+  command -v podman >/dev/null || missing+=(podman)
+  command -v dpkg-deb >/dev/null || missing+=(dpkg)
   if ((${#missing[@]})); then
     echo "env.sh: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
@@ -118,10 +124,22 @@ Host remote
   LogLevel ERROR
 CFG
 
+  # Today's engines. None available is a failure, not a skip.
+  "$HERE/engines.sh" fetch "$DIR/engine"
+  "$HERE/engines.sh" start-docker "$DIR" c-local ""
+  "$HERE/engines.sh" start-docker "$DIR" c-remote "$ns"
+  "$HERE/engines.sh" start-podman "$DIR" podman "$ns"
+
   wait_daemon "$DIR/local.sock" "$DIR/local.log"
   wait_daemon "$DIR/peer.sock" "$DIR/peer.log"
   wait_daemon "$DIR/remote.sock" "$DIR/remote.log"
   wait_daemon "$DIR/tiny.sock" "$DIR/tiny.log"
+  wait_daemon "$DIR/c-local.sock" "$DIR/c-local.log"
+  wait_daemon "$DIR/c-remote.sock" "$DIR/c-remote.log"
+  wait_daemon "$DIR/podman.sock" "$DIR/podman.log"
+  for s in local c-local podman; do
+    echo "env.sh: $s: $(DOCKER_HOST=unix://$DIR/$s.sock docker version --format '{{.Server.Version}} {{range .Server.Components}}{{.Name}} {{.Version}}; {{end}}') $(DOCKER_HOST=unix://$DIR/$s.sock docker info --format '{{json .DriverStatus}}' 2>/dev/null)" >&2
+  done
   for _ in $(seq 100); do
     ssh -F "$DIR/ssh_config" remote true 2>/dev/null && break
     sleep 0.1
@@ -143,6 +161,10 @@ export DOS_TEST_LOCAL_IP=$lip
 export DOS_TEST_BUSYBOX=/bin/busybox
 export DOS_TEST_TINY=unix://$DIR/tiny.sock
 export DOS_TEST_TINY_ROOT=$DIR/tiny
+export DOS_TEST_C_LOCAL=unix://$DIR/c-local.sock
+export DOS_TEST_C_REMOTE=unix://$DIR/c-remote.sock
+export DOS_TEST_PODMAN=unix://$DIR/podman.sock
+export DOS_TEST_PODMAN_STORE="--root $DIR/podman-root --runroot $DIR/podman-run"
 # Resume spools and what the capture registry learns inside DIR, not in
 # the user's cache.
 export DOS_SPOOL_DIR=$DIR/spool-local
@@ -153,10 +175,10 @@ ENV
 
 down() {
   [[ -d $DIR ]] || return 0
-  for p in sshd local peer remote tiny; do
+  for p in sshd local peer remote tiny c-local c-remote podman c-local-ctd c-remote-ctd; do
     [[ -f $DIR/$p.pid ]] && kill "$(cat "$DIR/$p.pid")" 2>/dev/null || true
   done
-  for p in local peer remote tiny; do
+  for p in local peer remote tiny c-local c-remote podman c-local-ctd c-remote-ctd; do
     local pid; pid=$(cat "$DIR/$p.pid" 2>/dev/null || true)
     [[ -n $pid ]] || continue
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -187,6 +209,7 @@ shape() {
   fi
 }
 
+HERE=$(cd "$(dirname "$0")" && pwd)
 cmd=${1:?usage: env.sh up|down DIR}
 DIR=${2:?usage: env.sh up|down DIR}
 BIN_DIR=${BIN_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/target/debug}

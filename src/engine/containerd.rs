@@ -1,0 +1,121 @@
+//! Docker's containerd image store (the default since Docker 29). An image
+//! is named by its manifest's digest; its layers are content blobs named by
+//! their own digests (gzip from a registry, plain tars from `docker load`),
+//! which its API does not show: [`super::probe`] reads the manifest through
+//! a push. A load of an OCI layout whose blobs are missing still reports
+//! success, leaving an image whose manifest is not "available": dos checks.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context, Result};
+use bollard::query_parameters::ListImagesOptionsBuilder;
+
+use super::oci::Manifest;
+use super::{probe, Engine, Holding};
+
+/// Full matches (same layers, maybe another config) probed at most, looking
+/// for the image itself.
+const MAX_CANDIDATES: usize = 8;
+
+/// The manifest the store holds for image `id` with these layers.
+pub(super) async fn manifest_of(
+    engine: &Engine,
+    id: &str,
+    diff_ids: &[String],
+) -> Result<Manifest> {
+    let pushed = probe::manifests(&engine.daemon, id).await?;
+    // An index is pushed after its platform manifests; the one whose
+    // layers are this image's is the one wanted.
+    let parsed: Vec<(&str, Manifest)> = pushed
+        .iter()
+        .filter_map(|p| Manifest::parse(&p.body).map(|m| (p.digest.as_str(), m)))
+        .filter(|(_, m)| m.layers.len() == diff_ids.len())
+        .collect();
+    parsed
+        .iter()
+        .find(|(d, _)| *d == id)
+        .or_else(|| parsed.first())
+        .map(|(_, m)| m.clone())
+        .with_context(|| {
+            format!(
+                "the daemon's push of {id} showed no manifest with its {} layers",
+                diff_ids.len()
+            )
+        })
+}
+
+pub(super) async fn holding(engine: &Engine, config: &str, diff_ids: &[String]) -> Result<Holding> {
+    let available = available(engine).await?;
+    let all = engine.all_layers().await?;
+    // The image itself, under any name: same layers and the same config.
+    for (id, _) in all
+        .iter()
+        .filter(|(id, l)| l == diff_ids && available.get(id.as_str()) == Some(&true))
+        .take(MAX_CANDIDATES)
+    {
+        match manifest_of(engine, id, diff_ids).await {
+            Ok(m) if m.config.digest == config => {
+                return Ok(Holding {
+                    image: Some(id.clone()),
+                    layers: diff_ids.len(),
+                    ..Holding::default()
+                })
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!("{e:#}"),
+        }
+    }
+    // Else the longest run of bottom layers some whole image here has, by
+    // the blobs that image's manifest names.
+    let (layers, best) = engine.longest_prefix(diff_ids).await?;
+    let Some((id, its_layers)) = best.filter(|(id, _)| available.get(id.as_str()) == Some(&true))
+    else {
+        return Ok(Holding::default());
+    };
+    match manifest_of(engine, &id, &its_layers).await {
+        Ok(m) => Ok(Holding {
+            layers,
+            held: m.layers[..layers].to_vec(),
+            ..Holding::default()
+        }),
+        Err(e) => {
+            tracing::info!("dos: sending every layer: the blobs of {id} could not be read ({e:#})");
+            Ok(Holding::default())
+        }
+    }
+}
+
+/// Image ID → whether every blob its manifests name is in the store.
+async fn available(engine: &Engine) -> Result<HashMap<String, bool>> {
+    let opts = ListImagesOptionsBuilder::default()
+        .all(true)
+        .manifests(true)
+        .build();
+    let images = engine
+        .daemon
+        .api
+        .list_images(Some(opts))
+        .await
+        .context("listing the daemon's images")?;
+    Ok(images
+        .into_iter()
+        .map(|i| {
+            let ok = i
+                .manifests
+                .as_ref()
+                .is_some_and(|ms| ms.iter().any(|m| m.available));
+            (i.id, ok)
+        })
+        .collect())
+}
+
+/// The image `id` is whole: its manifest's every blob is in the store.
+pub(super) async fn check_complete(engine: &Engine, id: &str) -> Result<()> {
+    match available(engine).await?.get(id) {
+        Some(true) => Ok(()),
+        Some(false) => bail!(
+            "the load left image {id} incomplete (blobs its manifest names are not in the store)"
+        ),
+        None => bail!("the load did not produce image {id}"),
+    }
+}

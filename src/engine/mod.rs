@@ -1,0 +1,369 @@
+//! What dos needs of a container engine, and nothing else. The rest of dos
+//! talks to an [`Engine`] and never asks which one it is.
+//!
+//! | engine | image ID | a partial image loads as | what the far side reports it holds |
+//! |---|---|---|---|
+//! | Docker, classic store ([`classic`]) | config digest | a `docker save` archive without the layers it has | layers by chainID |
+//! | Docker, containerd image store ([`containerd`]) | manifest digest | an OCI layout whose manifest names the blobs it holds | the blobs' descriptors, read through a push ([`probe`]) |
+//! | podman ([`podman`]) | config digest | the same OCI layout | layers by diffID |
+//!
+//! The engine is detected from the daemon (`docker version` and `docker
+//! info`), never configured.
+//!
+//! "The same image" across engines: the config digest and the diffIDs are
+//! always the source's; the image ID is the source's where both ends name
+//! images the same way ([`Ids`]).
+
+pub mod classic;
+pub mod containerd;
+pub mod oci;
+pub mod podman;
+pub mod probe;
+
+use std::collections::HashMap;
+use std::fmt;
+
+use anyhow::{Context, Result};
+use bollard::query_parameters::ListImagesOptionsBuilder;
+use futures_util::{stream, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::delta::chain::{chain_ids, common_prefix};
+use crate::docker::Daemon;
+use oci::Descriptor;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Classic,
+    Containerd,
+    Podman,
+}
+
+/// How an engine names an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ids {
+    /// By the digest of its config (classic store, podman).
+    Config,
+    /// By the digest of its manifest (containerd image store).
+    Manifest,
+}
+
+/// How a partial image is handed to the engine's load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// A `docker save` archive; layers the engine has are left out.
+    DockerArchive,
+    /// An OCI image layout; layers the engine has are named in the manifest
+    /// by the descriptors it holds them under, and left out.
+    Oci,
+}
+
+/// A connected daemon and which engine it is.
+#[derive(Clone)]
+pub struct Engine {
+    pub daemon: Daemon,
+    kind: Kind,
+    version: String,
+}
+
+/// An image on the local engine, as a transfer needs it.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The engine's ID for it.
+    pub id: String,
+    /// The digest of its config (the same on every engine).
+    pub config: String,
+    /// Its layers, bottom first.
+    pub diff_ids: Vec<String>,
+    /// Uncompressed size, as the engine reports it.
+    pub size: u64,
+    /// Layer blobs its export holds other than as plain tars, by digest
+    /// (the containerd store keeps gzip or zstd blobs as they came).
+    pub packed: HashMap<String, Packed>,
+}
+
+/// A compressed layer blob: which layer it is, and how it is compressed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packed {
+    pub diff_id: String,
+    pub compression: Compression,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// From a layer's media type; None for a plain tar (or unknown).
+    pub fn of(media_type: &str) -> Option<Compression> {
+        if media_type.ends_with("gzip") {
+            Some(Compression::Gzip)
+        } else if media_type.ends_with("zstd") {
+            Some(Compression::Zstd)
+        } else {
+            None
+        }
+    }
+}
+
+/// What the far engine already has of an image.
+#[derive(Debug, Clone, Default)]
+pub struct Holding {
+    /// The whole image is here, under this ID.
+    pub image: Option<String>,
+    /// Its first `layers` layers are here.
+    pub layers: usize,
+    /// The descriptors the store holds those layers under, when its load
+    /// needs them named (one per held layer).
+    pub held: Vec<Descriptor>,
+    /// The load needs the pusher to say how long each held layer's tar is.
+    pub needs_sizes: bool,
+}
+
+/// The image a load produced, and the engine's word on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    pub id: String,
+}
+
+impl Engine {
+    /// Connect the way the docker CLI does (DOCKER_HOST) and detect the engine.
+    pub async fn connect() -> Result<Engine> {
+        Engine::detect(Daemon::connect().await?).await
+    }
+
+    pub async fn connect_to(host: &str) -> Result<Engine> {
+        Engine::detect(Daemon::connect_to(host).await?).await
+    }
+
+    pub async fn detect(daemon: Daemon) -> Result<Engine> {
+        let version = daemon
+            .api
+            .version()
+            .await
+            .context("asking the daemon for its version")?;
+        let podman = version
+            .components
+            .iter()
+            .flatten()
+            .any(|c| c.name.to_ascii_lowercase().contains("podman"));
+        let release = version.version.clone().unwrap_or_default();
+        let kind = if podman {
+            Kind::Podman
+        } else {
+            let info = daemon
+                .api
+                .info()
+                .await
+                .context("asking the daemon for its info")?;
+            let snapshotter = info
+                .driver_status
+                .unwrap_or_default()
+                .iter()
+                .any(|kv| kv.iter().any(|v| v.contains("io.containerd.snapshotter")));
+            if snapshotter {
+                Kind::Containerd
+            } else {
+                Kind::Classic
+            }
+        };
+        tracing::debug!(engine = %describe(kind, &release), host = %daemon.host, "engine detected");
+        Ok(Engine {
+            daemon,
+            kind,
+            version: release,
+        })
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn ids(&self) -> Ids {
+        match self.kind {
+            Kind::Containerd => Ids::Manifest,
+            Kind::Classic | Kind::Podman => Ids::Config,
+        }
+    }
+
+    pub fn layout(&self) -> Layout {
+        match self.kind {
+            Kind::Classic => Layout::DockerArchive,
+            Kind::Containerd | Kind::Podman => Layout::Oci,
+        }
+    }
+
+    /// Can the delta path read this engine's layers (as the pushing side)?
+    /// Both Docker stores export them; podman is only a far side here.
+    pub fn reads_layers(&self) -> bool {
+        matches!(self.kind, Kind::Classic | Kind::Containerd)
+    }
+
+    /// Do the classic store's own readers apply (its layer store read
+    /// directly, the capture registry that learns what the daemon pushed)?
+    pub fn classic_readers(&self) -> bool {
+        self.kind == Kind::Classic
+    }
+
+    /// The ID this engine gives an image with this manifest and config.
+    pub fn id_for<'a>(&self, manifest: &'a str, config: &'a str) -> &'a str {
+        match self.ids() {
+            Ids::Manifest => manifest,
+            Ids::Config => config,
+        }
+    }
+
+    /// The local image `name`.
+    pub async fn image(&self, name: &str) -> Result<Image> {
+        let info = self.daemon.inspect(name).await?;
+        let id = info.id.context("the daemon reported no image ID")?;
+        let diff_ids = info.root_fs.and_then(|r| r.layers).unwrap_or_default();
+        let (config, packed) = match self.ids() {
+            Ids::Config => (id.clone(), HashMap::new()),
+            Ids::Manifest => {
+                let m = containerd::manifest_of(self, &id, &diff_ids).await?;
+                let packed = m
+                    .layers
+                    .iter()
+                    .zip(&diff_ids)
+                    .filter_map(|(l, d)| {
+                        Compression::of(&l.media_type).map(|compression| {
+                            let p = Packed {
+                                diff_id: d.clone(),
+                                compression,
+                            };
+                            (l.digest.clone(), p)
+                        })
+                    })
+                    .collect();
+                (m.config.digest, packed)
+            }
+        };
+        Ok(Image {
+            id,
+            config,
+            diff_ids,
+            size: info.size.unwrap_or(0).max(0) as u64,
+            packed,
+        })
+    }
+
+    /// What this engine has of the image with `config` and `diff_ids`.
+    pub async fn holding(&self, config: &str, diff_ids: &[String]) -> Result<Holding> {
+        match self.kind {
+            Kind::Classic => classic::holding(self, config, diff_ids).await,
+            Kind::Containerd => containerd::holding(self, config, diff_ids).await,
+            Kind::Podman => podman::holding(self, config, diff_ids).await,
+        }
+    }
+
+    /// Check what a load of an image with `config` (the manifest dos wrote
+    /// for it: `manifest`) produced: the image is there, whole, with the
+    /// expected layers. An image the load left incomplete is removed.
+    pub async fn verify(
+        &self,
+        manifest: Option<&str>,
+        config: &str,
+        diff_ids: &[String],
+    ) -> Result<Loaded> {
+        let id = self.id_for(manifest.unwrap_or(config), config).to_string();
+        let checked = async {
+            let info = self
+                .daemon
+                .inspect(&id)
+                .await
+                .map_err(|_| anyhow::anyhow!("the load did not produce image {id}"))?;
+            let layers = info.root_fs.and_then(|r| r.layers).unwrap_or_default();
+            if layers != diff_ids {
+                anyhow::bail!("the loaded image {id} has layers {layers:?}, expected {diff_ids:?}");
+            }
+            if self.kind == Kind::Containerd {
+                containerd::check_complete(self, &id).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = checked {
+            self.remove_image(&id).await;
+            return Err(e);
+        }
+        Ok(Loaded { id })
+    }
+
+    /// Remove an image dos made (an incomplete load). A failure is logged:
+    /// the caller is already reporting a worse one.
+    pub async fn remove_image(&self, id: &str) {
+        let opts = bollard::query_parameters::RemoveImageOptionsBuilder::default()
+            .force(true)
+            .build();
+        match self.daemon.api.remove_image(id, Some(opts), None).await {
+            Ok(_) => tracing::info!("dos: removed the incomplete image {id}"),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => tracing::warn!("dos: could not remove the incomplete image {id}: {e}"),
+        }
+    }
+
+    /// Every image on the engine with its layers, bottom first.
+    async fn all_layers(&self) -> Result<Vec<(String, Vec<String>)>> {
+        let opts = ListImagesOptionsBuilder::default().all(true).build();
+        let images = self
+            .daemon
+            .api
+            .list_images(Some(opts))
+            .await
+            .context("listing the daemon's images")?;
+        Ok(stream::iter(images.into_iter().map(|i| i.id))
+            .map(|id| async move {
+                let layers = self
+                    .daemon
+                    .api
+                    .inspect_image(&id)
+                    .await
+                    .ok()
+                    .and_then(|i| i.root_fs)
+                    .and_then(|r| r.layers)
+                    .unwrap_or_default();
+                (id, layers)
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await)
+    }
+
+    /// How many leading layers of `diff_ids` some image here has, and that
+    /// image (the first found with the most).
+    async fn longest_prefix(
+        &self,
+        diff_ids: &[String],
+    ) -> Result<(usize, Option<(String, Vec<String>)>)> {
+        let wanted = chain_ids(diff_ids);
+        let mut best: (usize, Option<(String, Vec<String>)>) = (0, None);
+        for (id, layers) in self.all_layers().await? {
+            let n = common_prefix(&wanted, &chain_ids(&layers).into_iter().collect());
+            if n > best.0 {
+                best = (n, Some((id, layers)));
+            }
+        }
+        Ok(best)
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&describe(self.kind, &self.version))
+    }
+}
+
+fn describe(kind: Kind, version: &str) -> String {
+    match kind {
+        Kind::Classic => format!("Docker {version} (classic image store)"),
+        Kind::Containerd => format!("Docker {version} (containerd image store)"),
+        Kind::Podman => format!("podman {version}"),
+    }
+}
