@@ -480,7 +480,14 @@ async fn drive_delta(
                         tracing::debug!(?s, "delta sent");
                         stats = Some(s);
                     }
-                    Ok(Err(e)) => return Err(e.context("sending the image")),
+                    Ok(Err(e)) => {
+                        // A write that failed because the link went away is
+                        // the lost link (exit 4), whichever end noticed first.
+                        if let Ok(None) = tokio::time::timeout(Duration::from_secs(1), events.recv()).await {
+                            bail!(lost(end_reason(reader).await));
+                        }
+                        return Err(e.context("sending the image"));
+                    }
                     Err(e) => bail!("the sending task failed: {e}"),
                 }
             }
