@@ -32,7 +32,9 @@ use super::known::Blob;
 use crate::auth::Credentials;
 use crate::http::{empty, read_limited, Body};
 use crate::registry::path::{self, Digest, Route};
-use crate::registry::server::{blob_created, error, query_pairs, unauthorized, upload_accepted};
+use crate::registry::server::{
+    blob_created, error, query_pairs, status, unauthorized, upload_accepted,
+};
 
 /// Largest manifest accepted.
 const MAX_MANIFEST: usize = 4 << 20;
@@ -137,7 +139,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
     let method = req.method().clone();
     let q = query_pairs(req.uri().query().unwrap_or(""));
     match (&method, route) {
-        (&Method::GET | &Method::HEAD, Route::Base) => Ok(plain(StatusCode::OK)),
+        (&Method::GET | &Method::HEAD, Route::Base) => Ok(status(StatusCode::OK)),
         (&Method::HEAD, Route::Blob { name, digest }) => Ok(match present(shared, &digest).await {
             Some(size) => Response::builder()
                 .status(StatusCode::OK)
@@ -217,7 +219,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
         }
         (&Method::DELETE, Route::Upload { id, .. }) => {
             shared.uploads.lock().unwrap().remove(&id);
-            Ok(plain(StatusCode::NO_CONTENT))
+            Ok(status(StatusCode::NO_CONTENT))
         }
         (&Method::PUT, Route::Manifest { name, .. }) => {
             let body = read_limited(req.into_body(), MAX_MANIFEST).await?;
@@ -299,17 +301,9 @@ fn put_back(shared: &Shared, id: &str, up: Upload) {
     }
 }
 
-fn plain(s: StatusCode) -> Response<Body> {
-    Response::builder()
-        .status(s)
-        .header(CONTENT_LENGTH, 0)
-        .body(empty())
-        .expect("static response")
-}
-
 fn blob_unknown() -> Response<Body> {
     // HEAD responses carry no body; the status says it all.
-    plain(StatusCode::NOT_FOUND)
+    status(StatusCode::NOT_FOUND)
 }
 
 fn upload_unknown() -> Response<Body> {

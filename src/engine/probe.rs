@@ -27,7 +27,7 @@ use crate::auth::Credentials;
 use crate::docker::Daemon;
 use crate::http::{empty, read_limited, serve_listener, Body};
 use crate::registry::path::{self, Route};
-use crate::registry::server::{error, unauthorized};
+use crate::registry::server::{error, status, unauthorized};
 
 /// At most this many manifests are kept from one push (an index and its
 /// platform manifests).
@@ -134,12 +134,4 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
         // Nothing is stored: no manifest to find, no upload to take.
         _ => status(StatusCode::NOT_FOUND),
     })
-}
-
-fn status(s: StatusCode) -> Response<Body> {
-    Response::builder()
-        .status(s)
-        .header(CONTENT_LENGTH, 0)
-        .body(empty())
-        .expect("static response")
 }

@@ -618,7 +618,8 @@ pub(crate) fn blob_created(name: &str, d: &Digest) -> Response<Body> {
         .expect("static response")
 }
 
-fn status(s: StatusCode) -> Response<Body> {
+/// An empty response with this status.
+pub(crate) fn status(s: StatusCode) -> Response<Body> {
     Response::builder()
         .status(s)
         .header(CONTENT_LENGTH, 0)
