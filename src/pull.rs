@@ -16,7 +16,7 @@ use crate::allow::{image_from_original_command, AllowList};
 use crate::auth::Credentials;
 use crate::delta::receive::{self, ReceivePlan};
 use crate::delta::spool::{Entry, Spool};
-use crate::engine::Engine;
+use crate::engine::{Engine, Loaded};
 use crate::error::PeerError;
 use crate::mux::{self, Event, Liveness, Mux, Side};
 use crate::protocol::handshake::{
@@ -169,18 +169,18 @@ async fn serve(
             }
         },
     };
-    let (id, config) = match plan {
+    let (loaded, config) = match plan {
         Message::Registry { offer } => {
-            let id = via_registry(mux, &engine, &offer, wanted, wanted_str).await?;
-            (id, offer.image_id)
+            let loaded = via_registry(mux, &engine, &offer, wanted, wanted_str).await?;
+            (loaded, offer.image_id)
         }
         Message::Delta { image_id, diff_ids } => {
-            let id = via_delta(mux, &mut events, &engine, &image_id, diff_ids).await?;
+            let loaded = via_delta(mux, &mut events, &engine, &image_id, diff_ids).await?;
             engine
                 .daemon
-                .tag(&id, &wanted.repository(), wanted.tag_or_latest())
+                .tag(&loaded.id, &wanted.repository(), wanted.tag_or_latest())
                 .await?;
-            (id, image_id)
+            (loaded, image_id)
         }
         other => bail!(PeerError::Refused(format!("unexpected plan {other:?}"))),
     };
@@ -188,15 +188,9 @@ async fn serve(
         engine: engine.to_string(),
         ids: engine.ids(),
         config,
-        diff_ids: engine
-            .daemon
-            .inspect(&id)
-            .await?
-            .root_fs
-            .and_then(|r| r.layers)
-            .unwrap_or_default(),
+        diff_ids: loaded.diff_ids,
     };
-    Ok((id, far))
+    Ok((loaded.id, far))
 }
 
 async fn via_delta(
@@ -205,7 +199,7 @@ async fn via_delta(
     engine: &Engine,
     config: &str,
     diff_ids: Vec<String>,
-) -> Result<String> {
+) -> Result<Loaded> {
     if Digest::parse(config).is_none() || diff_ids.iter().any(|d| Digest::parse(d).is_none()) {
         bail!(PeerError::Refused(
             "the pusher's plan names malformed digests".into()
@@ -215,7 +209,7 @@ async fn via_delta(
         .holding(config, &diff_ids)
         .await
         .context("learning what the far engine has")?;
-    if let Some(id) = holding.image {
+    if let Some(loaded) = holding.image {
         mux.control(
             Message::Have {
                 layers: diff_ids.len(),
@@ -226,7 +220,7 @@ async fn via_delta(
             .to_bytes(),
         )
         .await;
-        return Ok(id);
+        return Ok(loaded);
     }
     let have = holding.layers;
     // Layers an interrupted transfer left in the spool: held (locked) from
@@ -299,7 +293,7 @@ async fn via_delta(
         .await
         .map_err(|e| anyhow!(PeerError::FarFailure(format!("{e:#}"))))?;
     plan.clean_spool();
-    Ok(loaded.id)
+    Ok(loaded)
 }
 
 async fn via_registry(
@@ -308,7 +302,7 @@ async fn via_registry(
     offer: &Offer,
     wanted: &ImageRef,
     wanted_str: &str,
-) -> Result<String> {
+) -> Result<Loaded> {
     let ok = valid_name(&offer.repository)
         && Digest::parse(&offer.manifest).is_some()
         && Digest::parse(&offer.image_id).is_some();
@@ -362,7 +356,8 @@ async fn via_registry(
         daemon
             .tag(&id, &wanted.repository(), wanted.tag_or_latest())
             .await?;
-        Ok(id)
+        let diff_ids = got.root_fs.and_then(|r| r.layers).unwrap_or_default();
+        Ok(Loaded { id, diff_ids })
     }
     .await;
     // Remove the relay's names (a digest reference under 127.0.0.1:PORT)

@@ -10,7 +10,7 @@
 //! So "the far side has this layer" means "it has this chainID", and what
 //! must be sent is the suffix after the longest prefix the far side has.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
@@ -27,11 +27,6 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
         out.push(next);
     }
     out
-}
-
-/// How many leading layers of `chain` the far side already has.
-pub fn common_prefix(chain: &[String], have: &HashSet<String>) -> usize {
-    chain.iter().take_while(|c| have.contains(*c)).count()
 }
 
 /// `docker save` (classic store) names each layer's directory by a legacy
@@ -109,9 +104,6 @@ mod tests {
                 hex::encode(Sha256::digest(format!("{} {}", DIFFS[0], DIFFS[1])))
             )
         );
-        let have: HashSet<String> = [c[0].clone(), c[2].clone()].into();
-        // c[2] alone doesn't count: its parent chain is missing.
-        assert_eq!(common_prefix(&c, &have), 1);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use bollard::query_parameters::ListImagesOptionsBuilder;
 
 use super::oci::Manifest;
-use super::{probe, Engine, Holding};
+use super::{longest_prefix, probe, Engine, Holding, Loaded};
 
 /// Full matches (same layers, maybe another config) probed at most, looking
 /// for the image itself.
@@ -56,7 +56,10 @@ pub(super) async fn holding(engine: &Engine, config: &str, diff_ids: &[String]) 
         match manifest_of(engine, id, diff_ids).await {
             Ok(m) if m.config.digest == config => {
                 return Ok(Holding {
-                    image: Some(id.clone()),
+                    image: Some(Loaded {
+                        id: id.clone(),
+                        diff_ids: diff_ids.to_vec(),
+                    }),
                     layers: diff_ids.len(),
                     ..Holding::default()
                 })
@@ -67,12 +70,12 @@ pub(super) async fn holding(engine: &Engine, config: &str, diff_ids: &[String]) 
     }
     // Else the longest run of bottom layers some whole image here has, by
     // the blobs that image's manifest names.
-    let (layers, best) = engine.longest_prefix(diff_ids).await?;
+    let (layers, best) = longest_prefix(diff_ids, &all);
     let Some((id, its_layers)) = best.filter(|(id, _)| available.get(id.as_str()) == Some(&true))
     else {
         return Ok(Holding::default());
     };
-    match manifest_of(engine, &id, &its_layers).await {
+    match manifest_of(engine, id, its_layers).await {
         Ok(m) => Ok(Holding {
             layers,
             held: m.layers[..layers].to_vec(),

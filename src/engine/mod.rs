@@ -28,7 +28,6 @@ use bollard::query_parameters::ListImagesOptionsBuilder;
 use futures_util::{stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use crate::delta::chain::{chain_ids, common_prefix};
 use crate::docker::Daemon;
 use oci::Descriptor;
 
@@ -113,8 +112,8 @@ impl Compression {
 /// What the far engine already has of an image.
 #[derive(Debug, Clone, Default)]
 pub struct Holding {
-    /// The whole image is here, under this ID.
-    pub image: Option<String>,
+    /// The whole image is here.
+    pub image: Option<Loaded>,
     /// Its first `layers` layers are here.
     pub layers: usize,
     /// The descriptors the store holds those layers under, when its load
@@ -124,10 +123,11 @@ pub struct Holding {
     pub needs_sizes: bool,
 }
 
-/// The image a load produced, and the engine's word on it.
+/// An image on the far engine, in the engine's words: its ID and layers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded {
     pub id: String,
+    pub diff_ids: Vec<String>,
 }
 
 impl Engine {
@@ -284,14 +284,16 @@ impl Engine {
             if self.kind == Kind::Containerd {
                 containerd::check_complete(self, &id).await?;
             }
-            Ok(())
+            Ok(layers)
         }
         .await;
-        if let Err(e) = checked {
-            self.remove_image(&id).await;
-            return Err(e);
+        match checked {
+            Ok(diff_ids) => Ok(Loaded { id, diff_ids }),
+            Err(e) => {
+                self.remove_image(&id).await;
+                Err(e)
+            }
         }
-        Ok(Loaded { id })
     }
 
     /// Remove an image dos made (an incomplete load). A failure is logged:
@@ -335,23 +337,56 @@ impl Engine {
             .collect()
             .await)
     }
+}
 
-    /// How many leading layers of `diff_ids` some image here has, and that
-    /// image (the first found with the most).
-    async fn longest_prefix(
-        &self,
-        diff_ids: &[String],
-    ) -> Result<(usize, Option<(String, Vec<String>)>)> {
-        let wanted = chain_ids(diff_ids);
-        let mut best: (usize, Option<(String, Vec<String>)>) = (0, None);
-        for (id, layers) in self.all_layers().await? {
-            let n = common_prefix(&wanted, &chain_ids(&layers).into_iter().collect());
-            if n > best.0 {
-                best = (n, Some((id, layers)));
-            }
+/// How many leading layers of `diff_ids` the image among `images` sharing
+/// the most has, and that image (the first found). Layers count only as a
+/// run from the bottom: a layer's place in an image (its chainID) covers
+/// every layer below it.
+fn longest_prefix<'a>(
+    diff_ids: &[String],
+    images: &'a [(String, Vec<String>)],
+) -> (usize, Option<&'a (String, Vec<String>)>) {
+    let mut best = (0, None);
+    for image in images {
+        let n = diff_ids
+            .iter()
+            .zip(&image.1)
+            .take_while(|(a, b)| a == b)
+            .count();
+        if n > best.0 {
+            best = (n, Some(image));
         }
-        Ok(best)
     }
+    best
+}
+
+/// What an engine that names images by their config has: the image itself
+/// (the same config digest means the same layers), or a run of its bottom
+/// layers. `needs_sizes`: its load names held layers by their tar lengths.
+async fn holding_by_config(
+    engine: &Engine,
+    config: &str,
+    diff_ids: &[String],
+    needs_sizes: bool,
+) -> Result<Holding> {
+    if let Ok(i) = engine.daemon.api.inspect_image(config).await {
+        let layers = i.root_fs.and_then(|r| r.layers).unwrap_or_default();
+        return Ok(Holding {
+            image: Some(Loaded {
+                id: config.to_string(),
+                diff_ids: layers,
+            }),
+            layers: diff_ids.len(),
+            ..Holding::default()
+        });
+    }
+    let (layers, _) = longest_prefix(diff_ids, &engine.all_layers().await?);
+    Ok(Holding {
+        layers,
+        needs_sizes: needs_sizes && layers > 0,
+        ..Holding::default()
+    })
 }
 
 impl fmt::Display for Engine {
@@ -365,5 +400,25 @@ fn describe(kind: Kind, version: &str) -> String {
         Kind::Classic => format!("Docker {version} (classic image store)"),
         Kind::Containerd => format!("Docker {version} (containerd image store)"),
         Kind::Podman => format!("podman {version}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_run_of_bottom_layers_counts() {
+        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let wanted = l(&["a", "b", "c"]);
+        let images = vec![
+            ("x".to_string(), l(&["a", "z", "c"])),
+            ("y".to_string(), l(&["a", "b"])),
+            ("w".to_string(), l(&["b", "c"])),
+        ];
+        let (n, best) = longest_prefix(&wanted, &images);
+        assert_eq!((n, best.map(|b| b.0.as_str())), (2, Some("y")));
+        // A layer alone doesn't count: the layers below it must match too.
+        assert_eq!(longest_prefix(&l(&["b", "c"]), &images[..2]).0, 0);
     }
 }

@@ -9,20 +9,5 @@ use anyhow::Result;
 use super::{Engine, Holding};
 
 pub(super) async fn holding(engine: &Engine, config: &str, diff_ids: &[String]) -> Result<Holding> {
-    if let Ok(i) = engine.daemon.api.inspect_image(config).await {
-        let layers = i.root_fs.and_then(|r| r.layers).unwrap_or_default();
-        if i.id.as_deref() == Some(config) && layers == diff_ids {
-            return Ok(Holding {
-                image: Some(config.to_string()),
-                layers: diff_ids.len(),
-                ..Holding::default()
-            });
-        }
-    }
-    let (layers, _) = engine.longest_prefix(diff_ids).await?;
-    Ok(Holding {
-        layers,
-        needs_sizes: layers > 0,
-        ..Holding::default()
-    })
+    super::holding_by_config(engine, config, diff_ids, true).await
 }
