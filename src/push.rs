@@ -6,7 +6,7 @@
 //! - registry: put the image in a registry on this machine and serve the far
 //!   daemon's `docker pull` through the gated relay.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use crate::capture;
 use crate::delta::send::{self, SendPlan, SendStats};
 use crate::delta::store::LocalStore;
 use crate::docker::Daemon;
-use crate::engine::{Engine, Ids, Packed};
+use crate::engine::{self, Engine, Ids};
 use crate::error::PeerError;
 use crate::gate::Gate;
 use crate::mux::{self, Event, Liveness, Mux, MuxError, Side};
@@ -129,13 +129,8 @@ pub struct PushReport {
 struct Source {
     image: ImageRef,
     image_str: String,
-    /// The local engine's ID for the image.
-    image_id: String,
-    /// Its config digest: what the far side checks and reports.
-    config: String,
-    diff_ids: Vec<String>,
-    /// Its compressed layer blobs in the export, by digest.
-    packed: HashMap<String, Packed>,
+    /// The image as the local engine has it (its ID, config digest, layers).
+    local: engine::Image,
     engine: Engine,
 }
 
@@ -159,10 +154,7 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
     let src = Source {
         image,
         image_str: opts.image.clone(),
-        image_id: local.id.clone(),
-        config: local.config.clone(),
-        diff_ids: local.diff_ids.clone(),
-        packed: local.packed.clone(),
+        local,
         engine: engine.clone(),
     };
 
@@ -181,7 +173,7 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
     // daemon's store (as root, on its machine)? Then neither `docker save`
     // nor the capture registry is needed.
     let store = if classic_readers {
-        LocalStore::open(&daemon, &src.image_id, &src.diff_ids).await
+        LocalStore::open(&daemon, &src.local.id, &src.local.diff_ids).await
     } else {
         None
     };
@@ -191,9 +183,9 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
     let mut pushing_early = false;
     if classic_readers && store.is_none() {
         let image = capture::Image {
-            id: src.image_id.clone(),
-            diff_ids: src.diff_ids.clone(),
-            size: local.size,
+            id: src.local.id.clone(),
+            diff_ids: src.local.diff_ids.clone(),
+            size: src.local.size,
         };
         capture = capture::Session::open(&daemon, image).await;
         if let Some(c) = capture.as_mut() {
@@ -207,7 +199,7 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
     // is only made if `docker save` is the way).
     let early = !pushing_early && store.is_none();
     let layers = delta_possible.then(|| Layers {
-        export: send::start_export(&daemon, &src.image_id, early),
+        export: send::start_export(&daemon, &src.local.id, early),
         store,
     });
     let result = interruptible(session(
@@ -249,8 +241,8 @@ async fn session(
             vec![FEATURE_HEARTBEAT.into()]
         },
         delta: layers.is_some().then(|| DeltaPlan {
-            image_id: src.config.clone(),
-            diff_ids: src.diff_ids.clone(),
+            image_id: src.local.config.clone(),
+            diff_ids: src.local.diff_ids.clone(),
         }),
     };
     let mut stdin = t.stdin.take().context("transport stdin")?;
@@ -314,8 +306,8 @@ async fn session(
         if !peer.has(FEATURE_EARLY_PLAN) {
             mux.control(
                 Message::Delta {
-                    image_id: src.config.clone(),
-                    diff_ids: src.diff_ids.clone(),
+                    image_id: src.local.config.clone(),
+                    diff_ids: src.local.diff_ids.clone(),
                 }
                 .to_bytes(),
             )
@@ -356,38 +348,29 @@ struct Layers<E> {
 }
 
 /// Is what the far side reports the image sent? The config digest and the
-/// layers must be the source's; the image ID too where both engines name
-/// images the same way. Returns the local ID where the IDs differ by design.
+/// layers must be the source's, and a far engine that names images by their
+/// config must name it by this one. Returns the local ID where the two IDs
+/// differ by design (a containerd store names an image by its manifest, and
+/// dos writes its own manifest over plain-tar layers).
 fn same_image(src: &Source, far_id: &str, far: Option<&FarImage>) -> Result<Option<String>> {
-    let Some(far) = far else {
-        // An older far dos: its engine names images by their config.
-        if far_id != src.config {
+    let local = &src.local;
+    // An older far dos says nothing more: its engine names images by config.
+    let far_ids = far.map_or(Ids::Config, |f| f.ids);
+    if let Some(f) = far {
+        if f.config != local.config || f.diff_ids != local.diff_ids {
             bail!(PeerError::FarFailure(format!(
-                "the far daemon reports image {far_id}, expected {}",
-                src.config
+                "the far daemon holds config {} with layers {:?}; sent config {} with layers {:?}",
+                f.config, f.diff_ids, local.config, local.diff_ids
             )));
         }
-        return Ok((far_id != src.image_id).then(|| src.image_id.clone()));
-    };
-    if far.config != src.config || far.diff_ids != src.diff_ids {
+    }
+    if far_ids == Ids::Config && far_id != local.config {
         bail!(PeerError::FarFailure(format!(
-            "the far daemon holds config {} with layers {:?}; sent config {} with layers {:?}",
-            far.config, far.diff_ids, src.config, src.diff_ids
+            "the far daemon reports image {far_id}, expected {}",
+            local.config
         )));
     }
-    // Named by the config at both ends: the same ID. (Two containerd stores
-    // give the same ID only to the same manifest bytes, and dos writes its
-    // own manifest over plain-tar layers.)
-    if far.ids == Ids::Config && src.engine.ids() == Ids::Config {
-        if far_id != src.image_id {
-            bail!(PeerError::FarFailure(format!(
-                "the far daemon reports image {far_id}, expected {}",
-                src.image_id
-            )));
-        }
-        return Ok(None);
-    }
-    Ok((far_id != src.image_id).then(|| src.image_id.clone()))
+    Ok((far_id != local.id).then(|| local.id.clone()))
 }
 
 type Events = UnboundedReceiver<Event>;
@@ -427,12 +410,12 @@ async fn drive_delta(
                 }
                 Some(Event::Control(bytes)) => match Message::from_bytes(&bytes) {
                     Ok(Message::Have { layers, image, resume, sizes }) => {
-                        if layers > src.diff_ids.len() {
-                            bail!(PeerError::FarFailure(format!("the far side claims {layers} layers of {}", src.diff_ids.len())));
+                        if layers > src.local.diff_ids.len() {
+                            bail!(PeerError::FarFailure(format!("the far side claims {layers} layers of {}", src.local.diff_ids.len())));
                         }
                         tracing::info!(
                             "dos: the far side has {layers} of {} layers{}",
-                            src.diff_ids.len(),
+                            src.local.diff_ids.len(),
                             if image { " and the image" } else { "" }
                         );
                         let export = export.take().context("the far side asked twice")?;
@@ -445,8 +428,8 @@ async fn drive_delta(
                         mux.attach(stream, near);
                         let resume = resume.into_iter().map(|r| (r.diff_id, r.offset)).collect();
                         let read = Arc::new(AtomicU64::new(0));
-                        let plan = SendPlan { image_id: src.config.clone(), diff_ids: src.diff_ids.clone(), have: layers, resume, read: read.clone(), sizes, packed: src.packed.clone() };
-                        let present: HashSet<String> = src.diff_ids[..layers].iter().cloned().collect();
+                        let plan = SendPlan { image_id: src.local.config.clone(), diff_ids: src.local.diff_ids.clone(), have: layers, resume, read: read.clone(), sizes, packed: src.local.packed.clone() };
+                        let present: HashSet<String> = src.local.diff_ids[..layers].iter().cloned().collect();
                         match (store.take(), capture.as_mut()) {
                             (Some(store), _) => {
                                 tracing::debug!("reading the missing layers from the daemon's store");
@@ -564,7 +547,7 @@ async fn drive_registry(
     let offer = Offer {
         repository: src.image.path.clone(),
         manifest,
-        image_id: src.config.clone(),
+        image_id: src.local.config.clone(),
         username: pull_creds.username.clone(),
         password: pull_creds.password.clone(),
     };
@@ -606,15 +589,15 @@ async fn push_to_registry(
 ) -> Result<String> {
     let repo = format!("{addr}/{}", src.image.path);
     let tag = src.image.tag.clone().unwrap_or_else(|| "latest".into());
-    let before = names_under(daemon, &src.image_id, addr).await;
+    let before = names_under(daemon, &src.local.id, addr).await;
     let pushed = async {
         daemon.tag(&src.image_str, &repo, &tag).await?;
         let creds = creds.map(|c| c.docker(addr)).unwrap_or_default();
         daemon.push(&repo, &tag, creds).await?;
-        manifest_digest(daemon, &src.image_id, &repo).await
+        manifest_digest(daemon, &src.local.id, &repo).await
     }
     .await;
-    for n in names_under(daemon, &src.image_id, addr).await {
+    for n in names_under(daemon, &src.local.id, addr).await {
         if !before.contains(&n) {
             if let Err(e) = daemon.untag(&n).await {
                 tracing::warn!("{e:#}");
