@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use flate2::write::GzDecoder;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH};
 use hyper::{Method, Request, Response, StatusCode};
 use rand::RngCore;
 use sha2::{Digest as _, Sha256};
@@ -33,7 +33,7 @@ use crate::auth::Credentials;
 use crate::http::{empty, read_limited, Body};
 use crate::registry::path::{self, Digest, Route};
 use crate::registry::server::{
-    blob_created, error, query_pairs, status, unauthorized, upload_accepted,
+    blob_created, error, query_pairs, status, unauthorized, upload_accepted, versioned,
 };
 
 /// Largest manifest accepted.
@@ -104,7 +104,7 @@ impl Shared {
 }
 
 pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    let mut resp = match route(&shared, req).await {
+    versioned(match route(&shared, req).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!("capture registry: {e:#}");
@@ -114,12 +114,7 @@ pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
                 &format!("{e:#}"),
             )
         }
-    };
-    resp.headers_mut().insert(
-        "Docker-Distribution-API-Version",
-        HeaderValue::from_static("registry/2.0"),
-    );
-    resp
+    })
 }
 
 async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>> {

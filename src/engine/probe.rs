@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH};
 use hyper::{Method, Request, Response, StatusCode};
 use rand::RngCore;
 use tokio::net::TcpListener;
@@ -27,7 +27,7 @@ use crate::auth::Credentials;
 use crate::docker::Daemon;
 use crate::http::{empty, read_limited, serve_listener, Body};
 use crate::registry::path::{self, Route};
-use crate::registry::server::{error, status, unauthorized};
+use crate::registry::server::{error, status, unauthorized, versioned};
 
 /// At most this many manifests are kept from one push (an index and its
 /// platform manifests).
@@ -79,19 +79,14 @@ pub async fn manifests(daemon: &Daemon, image: &str) -> Result<Vec<Pushed>> {
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    let mut resp = route(&shared, req).await.unwrap_or_else(|e| {
+    versioned(route(&shared, req).await.unwrap_or_else(|e| {
         tracing::debug!("manifest probe: {e:#}");
         error(
             StatusCode::BAD_REQUEST,
             "MANIFEST_INVALID",
             &format!("{e:#}"),
         )
-    });
-    resp.headers_mut().insert(
-        "Docker-Distribution-API-Version",
-        HeaderValue::from_static("registry/2.0"),
-    );
-    resp
+    }))
 }
 
 async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>> {

@@ -81,7 +81,11 @@ impl Drop for Registry {
 }
 
 async fn handle(store: Arc<Store>, creds: Credentials, req: Request<Incoming>) -> Response<Body> {
-    let mut resp = route(&store, &creds, req).await;
+    versioned(route(&store, &creds, req).await)
+}
+
+/// Every registry response says which API it speaks (clients check).
+pub(crate) fn versioned(mut resp: Response<Body>) -> Response<Body> {
     resp.headers_mut().insert(
         "Docker-Distribution-API-Version",
         HeaderValue::from_static("registry/2.0"),
