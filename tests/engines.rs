@@ -52,13 +52,13 @@ fn far(e: &Env, kind: Kind) -> End {
     End { kind, host }
 }
 
-/// `dos push IMAGE ssh remote env DOCKER_HOST=… dos pull IMAGE`.
-fn push(e: &Env, src: &End, dst: &End, image: &str) -> std::process::Output {
+/// `dos push [FLAGS] IMAGE ssh remote env DOCKER_HOST=… dos pull IMAGE`.
+fn push(e: &Env, src: &End, dst: &End, flags: &[&str], image: &str) -> std::process::Output {
     let pull = format!("env DOCKER_HOST={} dos pull {image}", dst.host);
-    dos(
-        &src.host,
-        &["push", image, "ssh", "-F", &e.ssh_config, "remote", &pull],
-    )
+    let mut args = vec!["push"];
+    args.extend_from_slice(flags);
+    args.extend([image, "ssh", "-F", &e.ssh_config, "remote", &pull]);
+    dos(&src.host, &args)
 }
 
 /// The image's config digest and diffIDs, read from the engine's own
@@ -213,7 +213,7 @@ fn changed_zstd(seed: u64, app_bytes: usize) -> u64 {
 
 /// One transfer, and everything checked about it. Returns the bytes sent.
 fn transfer(e: &Env, src: &End, dst: &End, image: &str, text: &str) -> u64 {
-    let out = push(e, src, dst, image);
+    let out = push(e, src, dst, &[], image);
     let log = stderr(&out);
     assert!(
         out.status.success(),
@@ -288,29 +288,7 @@ fn cell(src_kind: Kind, far_kind: Kind) {
     // Foreign base: the far side got the base another way (docker load).
     let (fbase, f1) = (format!("{name}-fbase:1"), format!("{name}-f:1"));
     build(&src.host, &fbase, &f1, seed + 2, app_bytes, "foreign\n");
-    let saved = std::process::Command::new("docker")
-        .args(["save", &fbase])
-        .env("DOCKER_HOST", &src.host)
-        .output()
-        .unwrap();
-    assert!(
-        saved.status.success(),
-        "docker save {fbase}: {}",
-        stderr(&saved)
-    );
-    let mut load = std::process::Command::new("docker")
-        .args(["load", "-q"])
-        .env("DOCKER_HOST", &dst.host)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    load.stdin.take().unwrap().write_all(&saved.stdout).unwrap();
-    assert!(
-        load.wait().unwrap().success(),
-        "docker load of {fbase} on the far engine"
-    );
+    copy_image(&src.host, &dst.host, &fbase);
     let foreign = transfer(e, &src, &dst, &f1, "foreign\n");
     let bound = changed_zstd(seed + 2, app_bytes) * 12 / 10;
     assert!(
@@ -361,21 +339,7 @@ fn relay(src_kind: Kind, far_kind: Kind) {
     let name = unique(&format!("r-{src_kind:?}-{far_kind:?}").to_lowercase());
     let (base, v1) = (format!("{name}-base:1"), format!("{name}:1"));
     build(&src.host, &base, &v1, fresh_seed(), 64 * 1024, "relayed\n");
-    let pull = format!("env DOCKER_HOST={} dos pull {v1}", dst.host);
-    let out = dos(
-        &src.host,
-        &[
-            "push",
-            "--via",
-            "registry",
-            &v1,
-            "ssh",
-            "-F",
-            &e.ssh_config,
-            "remote",
-            &pull,
-        ],
-    );
+    let out = push(e, &src, &dst, &["--via", "registry"], &v1);
     let log = stderr(&out);
     assert!(out.status.success(), "dos push --via registry {v1}: {log}");
     assert!(log.contains("via registry"), "{log}");

@@ -138,19 +138,7 @@ fn delta_sends_only_what_a_foreign_base_lacks() {
     // image with the same base.
     let base = format!("{}:base", unique("foreign"));
     build_image(&e.local, &base, seed, 3 * 1024 * 1024, "other app\n");
-    let save = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "DOCKER_HOST={} docker save {base} | DOCKER_HOST={} docker load",
-            e.local, e.peer
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        save.status.success(),
-        "{}",
-        String::from_utf8_lossy(&save.stderr)
-    );
+    copy_image(&e.local, &e.peer, &base);
     let pull = format!("DOCKER_HOST={} dos pull {image}", e.peer);
     let out = dos(&e.local, &["push", &image, "sh", "-c", &pull]);
     let err = stderr(&out);

@@ -169,6 +169,23 @@ pub fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
         .collect()
 }
 
+/// `docker save IMAGE | docker load` from one engine to another (the way
+/// a far side gets an image without dos); either half failing fails.
+pub fn copy_image(from: &str, to: &str, image: &str) {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; DOCKER_HOST={from} docker save {image} | DOCKER_HOST={to} docker load -q"
+        ))
+        .output()
+        .expect("running docker save | docker load");
+    assert!(
+        out.status.success(),
+        "docker save {image} | docker load, {from} to {to}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn image_id(host: &str, image: &str) -> Option<String> {
     let out = docker_try(host, &["image", "inspect", "-f", "{{.Id}}", image]);
     out.status
