@@ -114,7 +114,7 @@ pub fn records(data: &[u8]) {
             let skip = match records::read_header(&mut r).await {
                 Ok(Record::Config { len }) => len,
                 Ok(Record::Layer { len, .. }) => len,
-                Ok(Record::Resume { len, offset, .. }) => {
+                Ok(Record::Resume { len, offset, .. }) | Ok(Record::Blob { len, offset, .. }) => {
                     assert!(offset <= len);
                     len - offset
                 }

@@ -14,9 +14,9 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::allow::{image_from_original_command, AllowList};
 use crate::auth::Credentials;
-use crate::delta::receive::{self, ReceivePlan};
+use crate::delta::receive::{self, ReceivePlan, SourceManifest};
 use crate::delta::spool::{Entry, Spool};
-use crate::engine::{Engine, Loaded};
+use crate::engine::{Engine, Ids, Loaded};
 use crate::error::PeerError;
 use crate::mux::{self, Event, Liveness, Mux, Side};
 use crate::protocol::handshake::{
@@ -158,6 +158,7 @@ async fn serve(
         Some(p) => Message::Delta {
             image_id: p.image_id,
             diff_ids: p.diff_ids,
+            manifest: p.manifest,
         },
         None => loop {
             match events.recv().await {
@@ -174,8 +175,13 @@ async fn serve(
             let loaded = via_registry(mux, &engine, &offer, wanted, wanted_str).await?;
             (loaded, offer.image_id)
         }
-        Message::Delta { image_id, diff_ids } => {
-            let loaded = via_delta(mux, &mut events, &engine, &image_id, diff_ids).await?;
+        Message::Delta {
+            image_id,
+            diff_ids,
+            manifest,
+        } => {
+            let loaded =
+                via_delta(mux, &mut events, &engine, &image_id, diff_ids, manifest).await?;
             engine
                 .daemon
                 .tag(&loaded.id, &wanted.repository(), wanted.tag_or_latest())
@@ -199,12 +205,20 @@ async fn via_delta(
     engine: &Engine,
     config: &str,
     diff_ids: Vec<String>,
+    manifest: Option<String>,
 ) -> Result<Loaded> {
     if Digest::parse(config).is_none() || diff_ids.iter().any(|d| Digest::parse(d).is_none()) {
         bail!(PeerError::Refused(
             "the pusher's plan names malformed digests".into()
         ));
     }
+    let source = manifest
+        .map(|m| {
+            SourceManifest::check(m, config, &diff_ids).ok_or_else(|| {
+                PeerError::Refused("the pusher's manifest is not one of the image it offers".into())
+            })
+        })
+        .transpose()?;
     let holding = engine
         .holding(config, &diff_ids)
         .await
@@ -226,12 +240,17 @@ async fn via_delta(
     // Layers an interrupted transfer left in the spool: held (locked) from
     // now on, and offered so the pusher sends only the rest.
     let spool = Spool::from_env();
+    // A layer may be spooled as its tar or as the source's blob.
     let held: HashMap<String, Entry> = spool
         .as_ref()
         .map(|s| {
-            diff_ids[have..]
-                .iter()
-                .filter_map(|d| s.existing(d).map(|e| (d.clone(), e)))
+            (have..diff_ids.len())
+                .flat_map(|i| {
+                    let blob = source.as_ref().and_then(|m| m.blob(i));
+                    [Some(&diff_ids[i]), blob.map(|b| &b.digest)]
+                })
+                .flatten()
+                .filter_map(|name| s.existing(name).map(|e| (name.clone(), e)))
                 .collect()
         })
         .unwrap_or_default();
@@ -284,6 +303,8 @@ async fn via_delta(
         held,
         layout: engine.layout(),
         blobs: holding.held,
+        source,
+        keep_manifest: engine.ids() == Ids::Manifest,
     };
     let manifest = receive::receive(&engine.daemon, far, &mut plan).await?;
     // Trust the engine's word, not ours: the loaded image must be the one

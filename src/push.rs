@@ -243,6 +243,7 @@ async fn session(
         delta: layers.is_some().then(|| DeltaPlan {
             image_id: src.local.config.clone(),
             diff_ids: src.local.diff_ids.clone(),
+            manifest: plan_manifest(src),
         }),
     };
     let mut stdin = t.stdin.take().context("transport stdin")?;
@@ -308,6 +309,7 @@ async fn session(
                 Message::Delta {
                     image_id: src.local.config.clone(),
                     diff_ids: src.local.diff_ids.clone(),
+                    manifest: plan_manifest(src),
                 }
                 .to_bytes(),
             )
@@ -373,6 +375,17 @@ fn same_image(src: &Source, far_id: &str, far: Option<&FarImage>) -> Result<Opti
     Ok((far_id != local.id).then(|| local.id.clone()))
 }
 
+/// The source's manifest as the plan carries it: only where it fits the
+/// hello with room to spare (a manifest is about 200 bytes a layer, and
+/// Docker stacks at most 128), else the layers cross as plain tars.
+fn plan_manifest(src: &Source) -> Option<String> {
+    src.local
+        .manifest
+        .as_ref()
+        .filter(|m| m.len() <= handshake::MAX_HELLO / 2)
+        .and_then(|m| String::from_utf8(m.clone()).ok())
+}
+
 type Events = UnboundedReceiver<Event>;
 type Reader = JoinHandle<Result<(), MuxError>>;
 
@@ -428,7 +441,7 @@ async fn drive_delta(
                         mux.attach(stream, near);
                         let resume = resume.into_iter().map(|r| (r.diff_id, r.offset)).collect();
                         let read = Arc::new(AtomicU64::new(0));
-                        let plan = SendPlan { image_id: src.local.config.clone(), diff_ids: src.local.diff_ids.clone(), have: layers, resume, read: read.clone(), sizes, packed: src.local.packed.clone() };
+                        let plan = SendPlan { image_id: src.local.config.clone(), diff_ids: src.local.diff_ids.clone(), have: layers, resume, read: read.clone(), sizes, packed: src.local.packed.clone(), blobs: plan_manifest(src).is_some() };
                         let present: HashSet<String> = src.local.diff_ids[..layers].iter().cloned().collect();
                         match (store.take(), capture.as_mut()) {
                             (Some(store), _) => {

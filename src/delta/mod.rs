@@ -8,6 +8,7 @@
 //! - [`records`]: the framing inside the compressed stream.
 //! - [`tarstream`]: streaming tar read/write.
 //! - [`spool`]: the far side's resume spool.
+//! - [`unpack`]: compressed layer blobs back to tars, checked as they come.
 //! - [`store`]: layers read straight out of the local daemon's store.
 //! - [`send`] / [`receive`]: the two ends.
 
@@ -19,3 +20,4 @@ pub mod send;
 pub mod spool;
 pub mod store;
 pub mod tarstream;
+pub mod unpack;

@@ -6,6 +6,10 @@
 //! 'P' diffID:[u8;32] len:u64 offset:u64 bytes
 //!                            the same layer, minus the first `offset` bytes,
 //!                            which the far side holds in its resume spool
+//! 'B' diffID:[u8;32] blob:[u8;32] len:u64 offset:u64 bytes
+//!                            one layer as the compressed blob the source's
+//!                            store holds (the one its manifest names),
+//!                            minus the first `offset` bytes (0: whole)
 //! 'S' count:u32 (diffID:[u8;32] len:u64)*count
 //!                            the tar length of layers the far side holds,
 //!                            sent only when it asks (its load names them)
@@ -33,6 +37,14 @@ pub enum Record {
     },
     Resume {
         diff_id: String,
+        len: u64,
+        offset: u64,
+    },
+    /// A compressed blob of the layer `diff_id`, `len` bytes in all; the
+    /// last `len - offset` follow.
+    Blob {
+        diff_id: String,
+        blob: String,
         len: u64,
         offset: u64,
     },
@@ -71,6 +83,22 @@ pub async fn write_resume_header<W: AsyncWrite + Unpin>(
     let raw = digest_bytes(diff_id)?;
     w.write_u8(b'P').await?;
     w.write_all(&raw).await?;
+    w.write_u64(len).await?;
+    w.write_u64(offset).await
+}
+
+/// Write a compressed blob's header; its `len - offset` last bytes must
+/// follow.
+pub async fn write_blob_header<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    diff_id: &str,
+    blob: &str,
+    len: u64,
+    offset: u64,
+) -> io::Result<()> {
+    w.write_u8(b'B').await?;
+    w.write_all(&digest_bytes(diff_id)?).await?;
+    w.write_all(&digest_bytes(blob)?).await?;
     w.write_u64(len).await?;
     w.write_u64(offset).await
 }
@@ -151,6 +179,24 @@ pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Record> 
                 offset,
             })
         }
+        b'B' => {
+            let diff_id = read_digest(r).await?;
+            let blob = read_digest(r).await?;
+            let len = r.read_u64().await?;
+            let offset = r.read_u64().await?;
+            if offset > len {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a blob resumed at {offset} of {len} bytes"),
+                ));
+            }
+            Ok(Record::Blob {
+                diff_id,
+                blob,
+                len,
+                offset,
+            })
+        }
         b'S' => {
             let count = r.read_u32().await?;
             if count > MAX_SIZES {
@@ -167,6 +213,12 @@ pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Record> 
             format!("unknown record type {other:#04x}"),
         )),
     }
+}
+
+async fn read_digest<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<String> {
+    let mut raw = [0u8; 32];
+    r.read_exact(&mut raw).await?;
+    Ok(format!("sha256:{}", hex::encode(raw)))
 }
 
 #[cfg(test)]
@@ -229,6 +281,19 @@ mod tests {
         let mut many = vec![b'S'];
         many.extend_from_slice(&(MAX_SIZES + 1).to_be_bytes());
         assert!(read_header(&mut &many[..]).await.is_err());
+        let b = format!("sha256:{}", "cd".repeat(32));
+        let mut blob = Vec::new();
+        write_blob_header(&mut blob, &d, &b, 9, 2).await.unwrap();
+        let want = Record::Blob {
+            diff_id: d.clone(),
+            blob: b.clone(),
+            len: 9,
+            offset: 2,
+        };
+        assert_eq!(read_header(&mut &blob[..]).await.unwrap(), want);
+        let mut past = Vec::new();
+        write_blob_header(&mut past, &d, &b, 2, 9).await.unwrap();
+        assert!(read_header(&mut &past[..]).await.is_err());
         let mut big = vec![b'C'];
         big.extend_from_slice(&u64::MAX.to_be_bytes());
         assert!(read_header(&mut &big[..]).await.is_err());

@@ -31,9 +31,10 @@ use super::chain::{chain_ids, identify_v1_dir};
 use super::records;
 use super::store::LocalStore;
 use super::tarstream::TarReader;
+use super::unpack::{Hashing, Unpack};
 use crate::capture::Captured;
 use crate::docker::Daemon;
-use crate::engine::{Compression, Packed};
+use crate::engine::Packed;
 
 const CHUNK: usize = 128 * 1024;
 
@@ -51,6 +52,10 @@ pub struct SendPlan {
     pub sizes: bool,
     /// Compressed layer blobs in the export, by blob digest.
     pub packed: HashMap<String, Packed>,
+    /// The far side has the source's manifest: missing layers held as
+    /// compressed blobs cross as they are (no unpacking, no second
+    /// compression of what is compressed already, the same blobs there).
+    pub blobs: bool,
 }
 
 impl SendPlan {
@@ -67,7 +72,8 @@ impl SendPlan {
 pub struct SendStats {
     pub layers_sent: usize,
     pub layers_skipped: usize,
-    /// Uncompressed bytes put into the stream.
+    /// Bytes put into the stream before zstd: layer tars, and blobs as
+    /// compressed as the source's store holds them.
     pub raw_bytes: u64,
     /// Uncompressed bytes not sent because the far side's spool had them.
     pub resumed_bytes: u64,
@@ -348,10 +354,17 @@ impl<W: AsyncWrite + Unpin> Out<W> {
                     lens.insert(d.clone(), entry.size);
                 }
                 if let Some(p) = plan.packed.get(&d) {
-                    // A compressed blob (containerd store): unpacked when
-                    // it must be sent, or its length must be told.
+                    // A compressed blob (containerd store): sent as it is
+                    // where the far side knows it from the manifest, else
+                    // unpacked when it must be sent or its length told.
                     let wanted = missing.contains(p.diff_id.as_str()) && !sent.contains(&p.diff_id);
-                    if wanted || (plan.sizes && !lens.contains_key(&p.diff_id)) {
+                    if wanted && plan.blobs {
+                        let skip = resume_offset(plan, &d, entry.size);
+                        records::write_blob_header(enc, &p.diff_id, &d, entry.size, skip).await?;
+                        copy_entry(&mut tar, enc, &p.diff_id, entry.size, skip, &plan.read).await?;
+                        stats.count(entry.size, skip);
+                        sent.insert(p.diff_id.clone());
+                    } else if wanted || (plan.sizes && !lens.contains_key(&p.diff_id)) {
                         let (mut file, len) = unpack_layer(&mut tar, p).await?;
                         lens.insert(p.diff_id.clone(), len);
                         if wanted {
@@ -471,6 +484,19 @@ async fn stream_layer<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     read: &AtomicU64,
 ) -> Result<()> {
     write_header(enc, diff_id, len, skip).await?;
+    copy_entry(tar, enc, diff_id, len, skip, read).await
+}
+
+/// Copy the export's current entry (layer `diff_id`, as a tar or a blob)
+/// into the stream, minus its first `skip` bytes.
+async fn copy_entry<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    tar: &mut TarReader<R>,
+    enc: &mut W,
+    diff_id: &str,
+    len: u64,
+    skip: u64,
+    read: &AtomicU64,
+) -> Result<()> {
     let mut buf = vec![0u8; CHUNK];
     let mut pos = 0u64;
     loop {
@@ -533,17 +559,8 @@ async fn unpack_layer<R: AsyncRead + Unpin>(
     packed: &Packed,
 ) -> Result<(tokio::fs::File, u64)> {
     let unpacking = || format!("unpacking layer {} from the export", packed.diff_id);
-    let sink = Hashing {
-        file: tempfile::tempfile().context("creating a spool file")?,
-        hasher: Sha256::new(),
-        len: 0,
-    };
-    let mut dec = match packed.compression {
-        Compression::Gzip => Unpack::Gzip(flate2::write::GzDecoder::new(sink)),
-        Compression::Zstd => Unpack::Zstd(
-            zstd::stream::write::Decoder::new(sink).context("starting a zstd decoder")?,
-        ),
-    };
+    let sink = Hashing::new(tempfile::tempfile().context("creating a spool file")?);
+    let mut dec = Unpack::new(packed.compression, sink).with_context(unpacking)?;
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = tar.read(&mut buf).await.with_context(unpacking)?;
@@ -553,64 +570,16 @@ async fn unpack_layer<R: AsyncRead + Unpin>(
         dec.write(&buf[..n]).with_context(unpacking)?;
     }
     let sink = dec.finish().with_context(unpacking)?;
-    let got = format!("sha256:{}", hex::encode(sink.hasher.finalize()));
+    let got = sink.digest();
     if got != packed.diff_id {
         bail!(
             "layer {} in the export unpacks to content hashing to {got}",
             packed.diff_id
         );
     }
-    let mut file = tokio::fs::File::from_std(sink.file);
+    let mut file = tokio::fs::File::from_std(sink.inner);
     file.rewind().await?;
     Ok((file, sink.len))
-}
-
-/// A decompressor writing into a [`Hashing`] file. Written to in chunks
-/// from the export; flate2 and zstd both decode as they are written to.
-enum Unpack {
-    Gzip(flate2::write::GzDecoder<Hashing>),
-    Zstd(zstd::stream::write::Decoder<'static, Hashing>),
-}
-
-impl Unpack {
-    fn write(&mut self, b: &[u8]) -> io::Result<()> {
-        use std::io::Write;
-        match self {
-            Unpack::Gzip(d) => d.write_all(b),
-            Unpack::Zstd(d) => d.write_all(b),
-        }
-    }
-
-    fn finish(self) -> io::Result<Hashing> {
-        use std::io::Write;
-        match self {
-            Unpack::Gzip(d) => d.finish(),
-            Unpack::Zstd(mut d) => {
-                d.flush()?;
-                Ok(d.into_inner())
-            }
-        }
-    }
-}
-
-/// A temp file that hashes and counts what is written to it.
-struct Hashing {
-    file: std::fs::File,
-    hasher: Sha256,
-    len: u64,
-}
-
-impl std::io::Write for Hashing {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(b)?;
-        self.hasher.update(&b[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
 }
 
 /// A layer of known identity held in a file: its record, minus what the
@@ -672,6 +641,7 @@ mod tests {
             read: Arc::new(AtomicU64::new(0)),
             sizes: false,
             packed: HashMap::new(),
+            blobs: false,
         };
         let mut wire = Vec::new();
         let stats = send_stored(store, &plan, &mut wire, || &export[..])

@@ -17,25 +17,27 @@ use super::{longest_prefix, probe, Engine, Holding, Loaded};
 /// for the image itself.
 const MAX_CANDIDATES: usize = 8;
 
-/// The manifest the store holds for image `id` with these layers.
+/// The manifest the store holds for image `id` with these layers, parsed
+/// and as its bytes (a push sends the stored bytes as they are).
 pub(super) async fn manifest_of(
     engine: &Engine,
     id: &str,
     diff_ids: &[String],
-) -> Result<Manifest> {
+) -> Result<(Manifest, Vec<u8>)> {
     let pushed = probe::manifests(&engine.daemon, id).await?;
     // An index is pushed after its platform manifests; the one whose
     // layers are this image's is the one wanted.
-    let parsed: Vec<(&str, Manifest)> = pushed
-        .iter()
-        .filter_map(|p| Manifest::parse(&p.body).map(|m| (p.digest.as_str(), m)))
-        .filter(|(_, m)| m.layers.len() == diff_ids.len())
+    let mut parsed: Vec<(String, Manifest, Vec<u8>)> = pushed
+        .into_iter()
+        .filter_map(|p| Manifest::parse(&p.body).map(|m| (p.digest, m, p.body)))
+        .filter(|(_, m, _)| m.layers.len() == diff_ids.len())
         .collect();
-    parsed
-        .iter()
-        .find(|(d, _)| *d == id)
-        .or_else(|| parsed.first())
-        .map(|(_, m)| m.clone())
+    let at = parsed.iter().position(|(d, _, _)| d == id).unwrap_or(0);
+    (at < parsed.len())
+        .then(|| {
+            let (_, m, body) = parsed.swap_remove(at);
+            (m, body)
+        })
         .with_context(|| {
             format!(
                 "the daemon's push of {id} showed no manifest with its {} layers",
@@ -54,7 +56,7 @@ pub(super) async fn holding(engine: &Engine, config: &str, diff_ids: &[String]) 
         .take(MAX_CANDIDATES)
     {
         match manifest_of(engine, id, diff_ids).await {
-            Ok(m) if m.config.digest == config => {
+            Ok((m, _)) if m.config.digest == config => {
                 return Ok(Holding {
                     image: Some(Loaded {
                         id: id.clone(),
@@ -76,7 +78,7 @@ pub(super) async fn holding(engine: &Engine, config: &str, diff_ids: &[String]) 
         return Ok(Holding::default());
     };
     match manifest_of(engine, id, its_layers).await {
-        Ok(m) => Ok(Holding {
+        Ok((m, _)) => Ok(Holding {
             layers,
             held: m.layers[..layers].to_vec(),
             ..Holding::default()

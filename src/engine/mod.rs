@@ -81,6 +81,10 @@ pub struct Image {
     /// Layer blobs its export holds other than as plain tars, by digest
     /// (the containerd store keeps gzip or zstd blobs as they came).
     pub packed: HashMap<String, Packed>,
+    /// The manifest's bytes as the store holds them, where the engine names
+    /// images by their manifest: sent along so that a far store of the
+    /// same kind can hold the same manifest, so the same ID.
+    pub manifest: Option<Vec<u8>>,
 }
 
 /// A compressed layer blob: which layer it is, and how it is compressed.
@@ -222,10 +226,10 @@ impl Engine {
         let info = self.daemon.inspect(name).await?;
         let id = info.id.context("the daemon reported no image ID")?;
         let diff_ids = info.root_fs.and_then(|r| r.layers).unwrap_or_default();
-        let (config, packed) = match self.ids() {
-            Ids::Config => (id.clone(), HashMap::new()),
+        let (config, packed, manifest) = match self.ids() {
+            Ids::Config => (id.clone(), HashMap::new(), None),
             Ids::Manifest => {
-                let m = containerd::manifest_of(self, &id, &diff_ids).await?;
+                let (m, body) = containerd::manifest_of(self, &id, &diff_ids).await?;
                 let packed = m
                     .layers
                     .iter()
@@ -240,7 +244,7 @@ impl Engine {
                         })
                     })
                     .collect();
-                (m.config.digest, packed)
+                (m.config.digest, packed, Some(body))
             }
         };
         Ok(Image {
@@ -249,6 +253,7 @@ impl Engine {
             diff_ids,
             size: info.size.unwrap_or(0).max(0) as u64,
             packed,
+            manifest,
         })
     }
 

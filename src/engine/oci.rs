@@ -11,6 +11,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use super::Compression;
+
 pub const MANIFEST_DOCKER: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const MANIFEST_OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const INDEX_OCI: &str = "application/vnd.oci.image.index.v1+json";
@@ -18,6 +20,10 @@ pub const MANIFEST_LIST_DOCKER: &str = "application/vnd.docker.distribution.mani
 pub const CONFIG_DOCKER: &str = "application/vnd.docker.container.image.v1+json";
 /// An uncompressed layer: its blob digest is its diffID.
 pub const LAYER_TAR_DOCKER: &str = "application/vnd.docker.image.rootfs.diff.tar";
+
+/// A gzip layer, Docker's name for it.
+pub const LAYER_GZIP_DOCKER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub const LAYER_TAR_OCI: &str = "application/vnd.oci.image.layer.v1.tar";
 
 /// Bounds on what a peer's or a daemon's manifest may hold.
 pub const MAX_MANIFEST: usize = 4 << 20;
@@ -40,6 +46,18 @@ impl Descriptor {
             digest: diff_id.into(),
             size,
         }
+    }
+
+    /// This layer as a Docker v2 manifest names it. An OCI media type in a
+    /// Docker manifest is refused by podman; zstd has no Docker name and
+    /// keeps its OCI one.
+    pub fn in_docker_manifest(mut self) -> Descriptor {
+        if self.media_type == LAYER_TAR_OCI {
+            self.media_type = LAYER_TAR_DOCKER.into();
+        } else if Compression::of(&self.media_type) == Some(Compression::Gzip) {
+            self.media_type = LAYER_GZIP_DOCKER.into();
+        }
+        self
     }
 }
 

@@ -57,6 +57,10 @@ pub struct Hello {
 pub struct DeltaPlan {
     pub image_id: String,
     pub diff_ids: Vec<String>,
+    /// The source's manifest, byte for byte, where its engine names images
+    /// by their manifest (see [`crate::protocol::message::Message::Delta`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
 }
 
 /// The side can send (push) or receive and load (pull) a layer delta.

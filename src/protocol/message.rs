@@ -18,6 +18,13 @@ pub enum Message {
         image_id: String,
         /// The image's layers, bottom first.
         diff_ids: Vec<String>,
+        /// The source's manifest, byte for byte, where its engine names
+        /// images by their manifest (the containerd store): its layers may
+        /// then cross as the compressed blobs it names, and a far engine
+        /// of the same kind that ends up holding every blob it names loads
+        /// it as it is, so the image gets the same ID at both ends.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        manifest: Option<String>,
     },
     /// The puller has the first `layers` layers' chains (and maybe the image),
     /// and the first bytes of some of the others in its resume spool.
