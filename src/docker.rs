@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 use bollard::auth::DockerCredentials;
 use bollard::models::ImageInspect;
 use bollard::query_parameters::{
-    CreateImageOptionsBuilder, PushImageOptionsBuilder, RemoveImageOptionsBuilder,
-    TagImageOptionsBuilder,
+    CreateImageOptionsBuilder, ImportImageOptionsBuilder, PushImageOptionsBuilder,
+    RemoveImageOptionsBuilder, TagImageOptionsBuilder,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::StreamExt;
@@ -123,20 +123,51 @@ impl Daemon {
         }
     }
 
-    /// Remove every tag and digest reference of `image_id` under `repo_prefix`
-    /// (e.g. `127.0.0.1:41234/`): the traces a registry round trip leaves.
-    pub async fn untag_all_under(&self, image_id: &str, repo_prefix: &str) -> Result<()> {
-        let Ok(info) = self.api.inspect_image(image_id).await else {
-            return Ok(());
-        };
-        let names = info
-            .repo_tags
-            .unwrap_or_default()
+    /// Remove every tag and digest reference under `repo_prefix` (e.g.
+    /// `127.0.0.1:41234/`, a registry this process started): the traces a
+    /// registry round trip leaves. Found by listing, not by inspecting the
+    /// image: an image a pull left incomplete may not inspect.
+    pub async fn untag_all_under(&self, repo_prefix: &str) -> Result<()> {
+        let opts = bollard::query_parameters::ListImagesOptionsBuilder::default()
+            .all(true)
+            .build();
+        let images =
+            self.api.list_images(Some(opts)).await.with_context(|| {
+                format!("listing images to remove the names under {repo_prefix}")
+            })?;
+        let names: std::collections::BTreeSet<String> = images
             .into_iter()
-            .chain(info.repo_digests.unwrap_or_default())
-            .filter(|n| n.starts_with(repo_prefix));
+            .flat_map(|i| i.repo_tags.into_iter().chain(i.repo_digests))
+            .filter(|n| n.starts_with(repo_prefix))
+            .collect();
         for n in names {
             self.untag(&n).await?;
+        }
+        Ok(())
+    }
+
+    /// `docker load` of the archive `body` streams.
+    pub async fn load<S>(&self, body: S) -> Result<()>
+    where
+        S: futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+    {
+        let opts = ImportImageOptionsBuilder::default().quiet(true).build();
+        let mut s = self.api.import_image_stream(opts, body, None);
+        while let Some(item) = s.next().await {
+            let info = item
+                .map_err(|e| match e {
+                    bollard::errors::Error::DockerStreamError { error } => anyhow::anyhow!(error),
+                    other => anyhow::anyhow!(other),
+                })
+                .context("docker load failed")?;
+            if let Some(line) = info
+                .stream
+                .as_deref()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+            {
+                tracing::debug!("docker load: {line}");
+            }
         }
         Ok(())
     }

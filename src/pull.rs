@@ -24,6 +24,7 @@ use crate::protocol::handshake::{
 };
 use crate::protocol::message::{FarImage, Message, Offer, Resume};
 use crate::reference::ImageRef;
+use crate::registry::client::Client;
 use crate::registry::path::{valid_name, Digest};
 
 pub struct PullOptions {
@@ -358,9 +359,13 @@ async fn via_registry(
     let pulled = daemon
         .pull(&source, &offer.manifest, creds.docker(&addr.to_string()))
         .await;
-    acceptor.abort();
     let finished = async {
         pulled?;
+        let registry = Client::new(&addr.to_string(), &offer.repository, &creds);
+        engine
+            .complete_pull(&registry, &offer.manifest)
+            .await
+            .map_err(|e| anyhow!(PeerError::FarFailure(format!("{e:#}"))))?;
         let got = daemon.inspect(&pulled_ref).await?;
         let id = got.id.context("the daemon reported no image ID")?;
         // The manifest pulled is the one offered (pinned by digest), and it
@@ -381,13 +386,10 @@ async fn via_registry(
         Ok(Loaded { id, diff_ids })
     }
     .await;
+    acceptor.abort();
     // Remove the relay's names (a digest reference under 127.0.0.1:PORT)
-    // whether or not the pull worked. Found through the reference pulled:
-    // the image's ID may not be the one offered.
-    if let Err(e) = daemon
-        .untag_all_under(&pulled_ref, &format!("{addr}/"))
-        .await
-    {
+    // whether or not the pull worked.
+    if let Err(e) = daemon.untag_all_under(&format!("{addr}/")).await {
         tracing::warn!("{e:#}");
     }
     finished

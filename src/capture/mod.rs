@@ -359,7 +359,7 @@ impl Session {
         if let Err(e) = self.daemon.untag(&run.name).await {
             tracing::debug!("{e:#}");
         }
-        if let Err(e) = self.daemon.untag_all_under(&self.image.id, &prefix).await {
+        if let Err(e) = self.daemon.untag_all_under(&prefix).await {
             tracing::warn!("{e:#}");
         }
         let learned = std::mem::take(&mut *run.shared.learned.lock().unwrap());

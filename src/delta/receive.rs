@@ -21,9 +21,7 @@ use std::io;
 use anyhow::{anyhow, bail, Context, Result};
 use async_compression::tokio::bufread::ZstdDecoder;
 use async_compression::zstd::DParameter;
-use bollard::query_parameters::ImportImageOptionsBuilder;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::mpsc;
@@ -543,25 +541,7 @@ where
 async fn load(daemon: Daemon, rx: mpsc::Receiver<io::Result<Bytes>>) -> Result<()> {
     let body =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
-    let opts = ImportImageOptionsBuilder::default().quiet(true).build();
-    let mut s = daemon.api.import_image_stream(opts, body, None);
-    while let Some(item) = s.next().await {
-        let info = item
-            .map_err(|e| match e {
-                bollard::errors::Error::DockerStreamError { error } => anyhow!(error),
-                other => anyhow!(other),
-            })
-            .context("docker load failed")?;
-        if let Some(line) = info
-            .stream
-            .as_deref()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-        {
-            tracing::debug!("docker load: {line}");
-        }
-    }
-    Ok(())
+    daemon.load(body).await
 }
 
 #[cfg(test)]

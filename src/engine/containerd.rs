@@ -7,11 +7,18 @@
 
 use std::collections::HashMap;
 
-use anyhow::{bail, Context, Result};
-use bollard::query_parameters::ListImagesOptionsBuilder;
+use std::io;
 
-use super::oci::Manifest;
+use anyhow::{anyhow, bail, Context, Result};
+use bollard::query_parameters::ListImagesOptionsBuilder;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::oci::{self, Manifest};
 use super::{longest_prefix, probe, Engine, Holding, Loaded};
+use crate::delta::tarstream;
+use crate::registry::client::Client;
 
 /// Full matches (same layers, maybe another config) probed at most, looking
 /// for the image itself.
@@ -123,4 +130,80 @@ pub(super) async fn check_complete(engine: &Engine, id: &str) -> Result<()> {
         ),
         None => bail!("the load did not produce image {id}"),
     }
+}
+
+/// Docker 28's containerd store can end a pull without fetching the blobs
+/// of layers it has unpacked already (moby#49784, fixed after 28.5): the
+/// image runs, but it is incomplete (its export and push fail). Such an
+/// image is completed by loading its manifest again with every blob it
+/// names, read from `registry`; an image still incomplete then is a failure.
+pub(super) async fn complete(engine: &Engine, registry: &Client, manifest: &str) -> Result<()> {
+    match available(engine).await?.get(manifest) {
+        Some(true) => return Ok(()),
+        None => bail!("the pull did not produce image {manifest}"),
+        Some(false) => {}
+    }
+    tracing::info!("dos: the pull left {manifest} without some of its blobs (a Docker bug, moby#49784); loading them from the relay");
+    let body = registry.manifest(manifest).await?;
+    let m = Manifest::parse(&body).context("the pulled manifest is not one image's")?;
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+    let feed = async move {
+        let put = |b: Bytes| {
+            let tx = tx.clone();
+            async move {
+                tx.send(Ok(b))
+                    .await
+                    .map_err(|_| anyhow!("docker load stopped reading"))
+            }
+        };
+        for d in std::iter::once(&m.config).chain(&m.layers) {
+            let name = format!("blobs/sha256/{}", d.digest.trim_start_matches("sha256:"));
+            put(Bytes::copy_from_slice(&tarstream::file_header(
+                &name, d.size,
+            )?))
+            .await?;
+            let mut blob = Box::pin(registry.blob(&d.digest, d.size).await?);
+            while let Some(chunk) = blob.next().await {
+                match chunk {
+                    Ok(b) => put(b).await?,
+                    Err(e) => {
+                        let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+                        return Err(anyhow!(e));
+                    }
+                }
+            }
+            put(Bytes::from(tarstream::pad_for(d.size))).await?;
+        }
+        let index = oci::index(
+            &body,
+            if m.media_type.is_empty() {
+                oci::MANIFEST_OCI
+            } else {
+                &m.media_type
+            },
+        );
+        let name = format!("blobs/sha256/{}", manifest.trim_start_matches("sha256:"));
+        for (name, file) in [
+            (name.as_str(), body.clone()),
+            ("index.json", index),
+            ("oci-layout", oci::LAYOUT_FILE.to_vec()),
+        ] {
+            put(Bytes::copy_from_slice(&tarstream::file_header(
+                name,
+                file.len() as u64,
+            )?))
+            .await?;
+            let pad = tarstream::pad_for(file.len() as u64);
+            put(Bytes::from(file)).await?;
+            put(Bytes::from(pad)).await?;
+        }
+        put(Bytes::copy_from_slice(&tarstream::trailer())).await?;
+        Ok::<_, anyhow::Error>(())
+    };
+    let body =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    let (fed, loaded) = tokio::join!(feed, engine.daemon.load(body));
+    fed.context("completing the pulled image from the relay")?;
+    loaded.context("completing the pulled image from the relay")?;
+    check_complete(engine, manifest).await
 }

@@ -301,6 +301,19 @@ impl Engine {
         }
     }
 
+    /// After a pull of `manifest` from `registry`: the image is whole (an
+    /// engine that may leave it incomplete has it completed from there).
+    pub async fn complete_pull(
+        &self,
+        registry: &crate::registry::client::Client,
+        manifest: &str,
+    ) -> Result<()> {
+        match self.kind {
+            Kind::Containerd => containerd::complete(self, registry, manifest).await,
+            Kind::Classic | Kind::Podman => Ok(()),
+        }
+    }
+
     /// Remove an image dos made (an incomplete load). A failure is logged:
     /// the caller is already reporting a worse one.
     pub async fn remove_image(&self, id: &str) {
