@@ -221,7 +221,11 @@ async fn via_delta(
         })
         .transpose()?;
     let holding = engine
-        .holding(config, &diff_ids)
+        .holding(
+            config,
+            &diff_ids,
+            source.as_ref().map(SourceManifest::digest).as_deref(),
+        )
         .await
         .context("learning what the far engine has")?;
     if let Some(loaded) = holding.image {

@@ -149,15 +149,6 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
         None => Engine::connect().await?,
     };
     let daemon = engine.daemon.clone();
-    let local = engine.image(&opts.image).await?;
-    tracing::debug!("local engine: {engine}");
-    let src = Source {
-        image,
-        image_str: opts.image.clone(),
-        local,
-        engine: engine.clone(),
-    };
-
     // The delta path is possible unless the user chose otherwise (a service
     // registry keeps the registry path, as in the original tool) or the
     // local engine's layers can't be read one by one.
@@ -166,9 +157,27 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
     if opts.via == Via::Delta && !delta_possible {
         bail!("--via delta: dos does not read layers out of {engine}; use --via registry");
     }
+    daemon.inspect(&opts.image).await?;
+    tracing::debug!("local engine: {engine}");
+    let mut transport = Transport::spawn(&opts.command)?;
+    // While the transport connects: what the transfer needs to know of the
+    // image (on a containerd store, its manifest, through a push).
+    let local = match engine.image(&opts.image).await {
+        Ok(l) => l,
+        Err(e) => {
+            transport.finish(Duration::ZERO).await;
+            return Err(e);
+        }
+    };
+    let src = Source {
+        image,
+        image_str: opts.image.clone(),
+        local,
+        engine: engine.clone(),
+    };
+
     // Export alone where the classic store's faster readers don't apply.
     let classic_readers = delta_possible && engine.classic_readers();
-    let mut transport = Transport::spawn(&opts.command)?;
     // While ssh connects: can the layers be read straight out of the
     // daemon's store (as root, on its machine)? Then neither `docker save`
     // nor the capture registry is needed.

@@ -83,6 +83,10 @@ impl SourceManifest {
         fits.then_some(SourceManifest { body, parsed })
     }
 
+    pub fn digest(&self) -> String {
+        oci::sha256(&self.body)
+    }
+
     /// The compressed blob the source holds layer `i` as, if it is one.
     pub fn blob(&self, i: usize) -> Option<&Descriptor> {
         self.parsed

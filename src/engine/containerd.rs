@@ -53,8 +53,33 @@ pub(super) async fn manifest_of(
         })
 }
 
-pub(super) async fn holding(engine: &Engine, config: &str, diff_ids: &[String]) -> Result<Holding> {
+pub(super) async fn holding(
+    engine: &Engine,
+    config: &str,
+    diff_ids: &[String],
+    manifest: Option<&str>,
+) -> Result<Holding> {
     let available = available(engine).await?;
+    // The source's own manifest, whole: the image itself (a manifest names
+    // its config, and the config its layers), found without a probe.
+    if let Some(m) = manifest.filter(|m| available.get(*m) == Some(&true)) {
+        let layers = engine
+            .daemon
+            .inspect(m)
+            .await?
+            .root_fs
+            .and_then(|r| r.layers);
+        if layers.as_deref() == Some(diff_ids) {
+            return Ok(Holding {
+                image: Some(Loaded {
+                    id: m.to_string(),
+                    diff_ids: diff_ids.to_vec(),
+                }),
+                layers: diff_ids.len(),
+                ..Holding::default()
+            });
+        }
+    }
     let all = engine.all_layers().await?;
     // The image itself, under any name: same layers and the same config.
     for (id, _) in all

@@ -257,11 +257,17 @@ impl Engine {
         })
     }
 
-    /// What this engine has of the image with `config` and `diff_ids`.
-    pub async fn holding(&self, config: &str, diff_ids: &[String]) -> Result<Holding> {
+    /// What this engine has of the image with `config` and `diff_ids`
+    /// (whose manifest at the source has the digest `manifest`, if known).
+    pub async fn holding(
+        &self,
+        config: &str,
+        diff_ids: &[String],
+        manifest: Option<&str>,
+    ) -> Result<Holding> {
         match self.kind {
             Kind::Classic => classic::holding(self, config, diff_ids).await,
-            Kind::Containerd => containerd::holding(self, config, diff_ids).await,
+            Kind::Containerd => containerd::holding(self, config, diff_ids, manifest).await,
             Kind::Podman => podman::holding(self, config, diff_ids).await,
         }
     }
