@@ -42,6 +42,7 @@ fn main() {
                 if a.explain {
                     // The push side's stdout is the user's: the plan goes there.
                     print!("{}", opts.plan());
+                    print!("{}", dos::push::explain_engines(&opts).await);
                     return Ok(());
                 }
                 dos::push::push(opts).await.map(|r| {

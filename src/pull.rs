@@ -360,8 +360,8 @@ async fn via_registry(
     tracing::info!("dos: pulling {wanted_str} through the relay");
     let daemon = &engine.daemon;
     let pulled_ref = format!("{source}@{}", offer.manifest);
-    let pulled = daemon
-        .pull(&source, &offer.manifest, creds.docker(&addr.to_string()))
+    let pulled = engine
+        .pull_relayed(&source, &offer.manifest, creds.docker(&addr.to_string()))
         .await;
     let finished = async {
         pulled?;

@@ -18,10 +18,11 @@ use tokio::task::JoinHandle;
 
 use crate::auth::Credentials;
 use crate::capture;
+use crate::delta::content::ContentStore;
 use crate::delta::send::{self, SendPlan, SendStats};
 use crate::delta::store::LocalStore;
 use crate::docker::Daemon;
-use crate::engine::{self, Engine, Ids};
+use crate::engine::{self, oci, Engine, Ids};
 use crate::error::PeerError;
 use crate::gate::Gate;
 use crate::mux::{self, Event, Liveness, Mux, MuxError, Side};
@@ -134,6 +135,22 @@ struct Source {
     engine: Engine,
 }
 
+/// The engine lines of `dos push --explain`: the local engine (asked, as
+/// nothing else is started) and how the far one is learnt.
+pub async fn explain_engines(opts: &PushOptions) -> String {
+    let local = match &opts.docker_host {
+        Some(h) => Engine::connect_to(h).await,
+        None => Engine::connect().await,
+    };
+    let here = match local {
+        Ok(e) => format!("engine here: {e}; layers are read {}", e.reading()),
+        Err(e) => format!("engine here: unknown ({e:#})"),
+    };
+    format!(
+        "{here}\nengine there: the far dos detects its own (Docker's classic or containerd image store, or podman) and names it when the session starts (dos push -v) and in its report\n"
+    )
+}
+
 pub async fn push(opts: PushOptions) -> Result<PushReport> {
     let image = ImageRef::parse(&opts.image)?;
     if opts.command.is_empty() {
@@ -206,10 +223,17 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
     // start the export now, so that its preparation overlaps ssh
     // connecting. Otherwise the request waits for the far side's answer (and
     // is only made if `docker save` is the way).
-    let early = !pushing_early && store.is_none();
+    // An image the local engine names by its manifest (the containerd
+    // store) is read out of its content store where this process can.
+    let content = match &src.local.manifest {
+        Some(_) if delta_possible => ContentStore::open(&daemon, &src.local.config).await,
+        _ => None,
+    };
+    let early = !pushing_early && store.is_none() && content.is_none();
     let layers = delta_possible.then(|| Layers {
         export: send::start_export(&daemon, &src.local.id, early),
         store,
+        content,
     });
     let result = interruptible(session(
         &mut transport,
@@ -356,6 +380,9 @@ async fn session(
 struct Layers<E> {
     export: E,
     store: Option<LocalStore>,
+    /// The containerd content store, where the image's blobs are read as
+    /// they are stored.
+    content: Option<ContentStore>,
 }
 
 /// Is what the far side reports the image sent? The config digest and the
@@ -408,7 +435,11 @@ async fn drive_delta(
     layers: Layers<impl AsyncRead + Send + Unpin + 'static>,
     capture: &mut Option<capture::Session>,
 ) -> Result<(Reported, Option<SendStats>)> {
-    let Layers { export, mut store } = layers;
+    let Layers {
+        export,
+        mut store,
+        mut content,
+    } = layers;
     let mut export = Some(export);
     let mut sender: Option<JoinHandle<Result<SendStats>>> = None;
     let mut stats = None;
@@ -452,7 +483,14 @@ async fn drive_delta(
                         let read = Arc::new(AtomicU64::new(0));
                         let plan = SendPlan { image_id: src.local.config.clone(), diff_ids: src.local.diff_ids.clone(), have: layers, resume, read: read.clone(), sizes, packed: src.local.packed.clone(), blobs: plan_manifest(src).is_some() };
                         let present: HashSet<String> = src.local.diff_ids[..layers].iter().cloned().collect();
+                        let blobs = src.local.manifest.as_deref().and_then(oci::Manifest::parse).map(|m| m.layers);
+                        let from_content = content.take().zip(blobs).filter(|_| plan.blobs && !sizes);
                         match (store.take(), capture.as_mut()) {
+                            _ if from_content.is_some() => {
+                                let (c, blobs) = from_content.unwrap();
+                                tracing::debug!("reading the missing layers from the containerd content store");
+                                sender = Some(tokio::spawn(async move { send::send_content(c, &blobs, &plan, far, move || export).await }));
+                            }
                             (Some(store), _) => {
                                 tracing::debug!("reading the missing layers from the daemon's store");
                                 sender = Some(tokio::spawn(async move { send::send_stored(store, &plan, far, move || export).await }));

@@ -10,10 +10,12 @@
 //! - [`spool`]: the far side's resume spool.
 //! - [`unpack`]: compressed layer blobs back to tars, checked as they come.
 //! - [`store`]: layers read straight out of the local daemon's store.
+//! - [`content`]: blobs read straight out of a containerd content store.
 //! - [`send`] / [`receive`]: the two ends.
 
 pub mod adaptive;
 pub mod chain;
+pub mod content;
 pub mod receive;
 pub mod records;
 pub mod send;

@@ -28,13 +28,15 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::adaptive::AdaptiveZstd;
 use super::chain::{chain_ids, identify_v1_dir};
+use super::content::ContentStore;
 use super::records;
 use super::store::LocalStore;
 use super::tarstream::TarReader;
 use super::unpack::{Hashing, Unpack};
 use crate::capture::Captured;
 use crate::docker::Daemon;
-use crate::engine::Packed;
+use crate::engine::oci::Descriptor;
+use crate::engine::{Compression, Packed};
 
 const CHUNK: usize = 128 * 1024;
 
@@ -265,6 +267,65 @@ where
         plan.read.fetch_add(copied, Ordering::Relaxed);
         o.stats.count(len, skip);
         o.sent.insert(layer.diff_id.clone());
+    }
+    o.finish(plan).await
+}
+
+/// The same stream, from the containerd content store
+/// ([`super::content`]): the config, then each missing layer's blob as the
+/// source's manifest names it (`layers`), compressed or not, as stored.
+/// Should a blob not be there as named (checked before its first byte is
+/// sent), it and the rest come from `export()`.
+pub async fn send_content<R, W, F>(
+    store: ContentStore,
+    layers: &[Descriptor],
+    plan: &SendPlan,
+    out: W,
+    export: F,
+) -> Result<SendStats>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    F: FnOnce() -> R,
+{
+    let mut o = Out::new(out)?;
+    o.stats.source = "the containerd content store";
+    records::write_config(&mut o.enc, store.config()).await?;
+    o.config_sent = true;
+    for (d, blob) in plan.diff_ids.iter().zip(layers).skip(plan.have) {
+        let file = match store.blob(&blob.digest, blob.size) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::info!("dos: layer {d} can't be read from the content store ({e}); reading the rest by docker save");
+                o.stats.source = "the containerd content store, then docker save";
+                o.read_export(export(), plan).await?;
+                break;
+            }
+        };
+        let len = blob.size;
+        // A plain-tar blob (a `docker load`ed layer) is the tar itself.
+        let packed = Compression::of(&blob.media_type).is_some();
+        let skip = resume_offset(plan, if packed { &blob.digest } else { d }, len);
+        if packed {
+            records::write_blob_header(&mut o.enc, d, &blob.digest, len, skip).await?;
+        } else {
+            write_header(&mut o.enc, d, len, skip).await?;
+        }
+        let mut f = tokio::fs::File::from_std(file);
+        f.seek(io::SeekFrom::Start(skip)).await?;
+        let copied = tokio::io::copy(&mut (&mut f).take(len - skip), &mut o.enc)
+            .await
+            .with_context(|| format!("sending layer {d} from the content store"))?;
+        if copied != len - skip {
+            bail!(
+                "blob {} in the content store: {} of {len} bytes",
+                blob.digest,
+                skip + copied
+            );
+        }
+        plan.read.fetch_add(copied, Ordering::Relaxed);
+        o.stats.count(len, skip);
+        o.sent.insert(d.clone());
     }
     o.finish(plan).await
 }

@@ -63,19 +63,25 @@ pub struct Layer {
     dir: PathBuf,
 }
 
+/// May a daemon's store be read directly (`DOS_READ_STORE`: `auto`, the
+/// default, or `never`)? Also asked for the containerd content store.
+pub fn allowed() -> bool {
+    match std::env::var("DOS_READ_STORE").as_deref() {
+        Ok("never") => false,
+        Ok("auto") | Ok("") | Err(_) => true,
+        Ok(other) => {
+            tracing::warn!("DOS_READ_STORE={other:?}: expected auto or never; using auto");
+            true
+        }
+    }
+}
+
 impl LocalStore {
     /// The store holding this image, if this process can read it. `None`
     /// (with the reason at debug level) whenever it can't: another driver,
     /// another machine, no permission, or anything not as expected.
     pub async fn open(daemon: &Daemon, image_id: &str, diff_ids: &[String]) -> Option<LocalStore> {
-        match std::env::var("DOS_READ_STORE").as_deref() {
-            Ok("never") => return None,
-            Ok("auto") | Ok("") | Err(_) => {}
-            Ok(other) => {
-                tracing::warn!("DOS_READ_STORE={other:?}: expected auto or never; using auto")
-            }
-        }
-        if !crate::capture::on_this_host(&daemon.host) {
+        if !allowed() || !crate::capture::on_this_host(&daemon.host) {
             return None;
         }
         let info = daemon.api.info().await.ok()?;

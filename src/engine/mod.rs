@@ -213,6 +213,15 @@ impl Engine {
         self.kind == Kind::Classic
     }
 
+    /// How a push from this engine reads the layers, in words.
+    pub fn reading(&self) -> &'static str {
+        match self.kind {
+            Kind::Classic => "from its layer store (as root, on its machine), else from what it pushes into the capture registry, else from docker save",
+            Kind::Containerd => "from docker save, its compressed blobs crossing as the store holds them",
+            Kind::Podman => "not at all: dos pushes from Docker; podman is a far side",
+        }
+    }
+
     /// The ID this engine gives an image with this manifest and config.
     pub fn id_for<'a>(&self, manifest: &'a str, config: &'a str) -> &'a str {
         match self.ids() {
@@ -304,6 +313,20 @@ impl Engine {
                 self.remove_image(&id).await;
                 Err(e)
             }
+        }
+    }
+
+    /// Pull `name@digest` from the registry on this machine's loopback
+    /// (the relay), with `creds`.
+    pub async fn pull_relayed(
+        &self,
+        name: &str,
+        digest: &str,
+        creds: bollard::auth::DockerCredentials,
+    ) -> Result<()> {
+        match self.kind {
+            Kind::Podman => podman::pull(self, &format!("{name}@{digest}"), &creds).await,
+            Kind::Classic | Kind::Containerd => self.daemon.pull(name, digest, creds).await,
         }
     }
 
