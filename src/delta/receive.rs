@@ -236,14 +236,9 @@ async fn feed<R: AsyncRead + Unpin>(
         }
     };
     for (name, body) in files {
-        send(Bytes::copy_from_slice(&tarstream::file_header(
-            &name,
-            body.len() as u64,
-        )?))
-        .await?;
-        let pad = tarstream::pad_for(body.len() as u64);
-        send(Bytes::from(body)).await?;
-        send(Bytes::from(pad)).await?;
+        for chunk in tarstream::file_chunks(&name, body)? {
+            send(chunk).await?;
+        }
     }
     send(Bytes::copy_from_slice(&tarstream::trailer())).await?;
     Ok(manifest)

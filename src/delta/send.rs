@@ -208,10 +208,7 @@ where
     W: AsyncWrite + Unpin,
     F: FnOnce() -> R,
 {
-    let mut o = Out::new(out)?;
-    o.stats.source = "the daemon's layer store";
-    records::write_config(&mut o.enc, store.config()).await?;
-    o.config_sent = true;
+    let mut o = Out::with_config(out, "the daemon's layer store", store.config()).await?;
     if plan.sizes {
         for layer in &store.layers()[..plan.have] {
             let len = layer.tar_len().await.with_context(|| {
@@ -288,10 +285,7 @@ where
     W: AsyncWrite + Unpin,
     F: FnOnce() -> R,
 {
-    let mut o = Out::new(out)?;
-    o.stats.source = "the containerd content store";
-    records::write_config(&mut o.enc, store.config()).await?;
-    o.config_sent = true;
+    let mut o = Out::with_config(out, "the containerd content store", store.config()).await?;
     for (d, blob) in plan.diff_ids.iter().zip(layers).skip(plan.have) {
         let file = match store.blob(&blob.digest, blob.size) {
             Ok(f) => f,
@@ -349,6 +343,15 @@ impl<W: AsyncWrite + Unpin> Out<W> {
             stats: SendStats::default(),
             lens: HashMap::new(),
         })
+    }
+
+    /// A stream read from `source`, the config (checked there) sent first.
+    async fn with_config(out: W, source: &'static str, config: &[u8]) -> Result<Out<W>> {
+        let mut o = Out::new(out)?;
+        o.stats.source = source;
+        records::write_config(&mut o.enc, config).await?;
+        o.config_sent = true;
+        Ok(o)
     }
 
     /// Send what is still missing (and the config, if not yet sent) from an

@@ -196,6 +196,16 @@ fn pax_records(meta: &[u8]) -> Vec<(String, String)> {
 }
 
 /// The header block of a regular file of `size` bytes at `path`.
+/// A whole file as archive chunks: its header, its bytes, its padding.
+pub fn file_chunks(path: &str, body: Vec<u8>) -> io::Result<[bytes::Bytes; 3]> {
+    let len = body.len() as u64;
+    Ok([
+        bytes::Bytes::copy_from_slice(&file_header(path, len)?),
+        bytes::Bytes::from(body),
+        bytes::Bytes::from(pad_for(len)),
+    ])
+}
+
 pub fn file_header(path: &str, size: u64) -> io::Result<[u8; BLOCK]> {
     let mut h = tar::Header::new_ustar();
     h.set_path(path)?;

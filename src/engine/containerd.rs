@@ -212,14 +212,9 @@ pub(super) async fn complete(engine: &Engine, registry: &Client, manifest: &str)
             ("index.json", index),
             ("oci-layout", oci::LAYOUT_FILE.to_vec()),
         ] {
-            put(Bytes::copy_from_slice(&tarstream::file_header(
-                name,
-                file.len() as u64,
-            )?))
-            .await?;
-            let pad = tarstream::pad_for(file.len() as u64);
-            put(Bytes::from(file)).await?;
-            put(Bytes::from(pad)).await?;
+            for chunk in tarstream::file_chunks(name, file)? {
+                put(chunk).await?;
+            }
         }
         put(Bytes::copy_from_slice(&tarstream::trailer())).await?;
         Ok::<_, anyhow::Error>(())
