@@ -235,6 +235,7 @@ async fn via_delta(
                 image: true,
                 resume: Vec::new(),
                 sizes: false,
+                blobs: false,
             }
             .to_bytes(),
         )
@@ -286,6 +287,7 @@ async fn via_delta(
             image: false,
             resume,
             sizes: holding.needs_sizes,
+            blobs: source.is_some() && engine.ids() == Ids::Manifest,
         }
         .to_bytes(),
     )

@@ -462,7 +462,7 @@ async fn drive_delta(
                     mux.reject(stream, "unexpected stream").await;
                 }
                 Some(Event::Control(bytes)) => match Message::from_bytes(&bytes) {
-                    Ok(Message::Have { layers, image, resume, sizes }) => {
+                    Ok(Message::Have { layers, image, resume, sizes, blobs }) => {
                         if layers > src.local.diff_ids.len() {
                             bail!(PeerError::FarFailure(format!("the far side claims {layers} layers of {}", src.local.diff_ids.len())));
                         }
@@ -481,10 +481,10 @@ async fn drive_delta(
                         mux.attach(stream, near);
                         let resume = resume.into_iter().map(|r| (r.diff_id, r.offset)).collect();
                         let read = Arc::new(AtomicU64::new(0));
-                        let plan = SendPlan { image_id: src.local.config.clone(), diff_ids: src.local.diff_ids.clone(), have: layers, resume, read: read.clone(), sizes, packed: src.local.packed.clone(), blobs: plan_manifest(src).is_some() };
+                        let plan = SendPlan { image_id: src.local.config.clone(), diff_ids: src.local.diff_ids.clone(), have: layers, resume, read: read.clone(), sizes, packed: src.local.packed.clone(), blobs: blobs && plan_manifest(src).is_some() };
                         let present: HashSet<String> = src.local.diff_ids[..layers].iter().cloned().collect();
-                        let blobs = src.local.manifest.as_deref().and_then(oci::Manifest::parse).map(|m| m.layers);
-                        let from_content = content.take().zip(blobs).filter(|_| plan.blobs && !sizes);
+                        let descriptors = src.local.manifest.as_deref().and_then(oci::Manifest::parse).map(|m| m.layers);
+                        let from_content = content.take().zip(descriptors).filter(|_| !sizes);
                         match (store.take(), capture.as_mut()) {
                             _ if from_content.is_some() => {
                                 let (c, blobs) = from_content.unwrap();

@@ -37,6 +37,11 @@ pub enum Message {
         /// lengths (a sizes record) before the end of the stream.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         sizes: bool,
+        /// Send the layers the source holds compressed as those blobs (the
+        /// far engine names images by their manifest: the source's blobs
+        /// give the source's ID); else as tars, zstd on the wire.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        blobs: bool,
     },
     /// The puller's final word: the image is in place (with its ID), or why not.
     Outcome {
