@@ -190,18 +190,7 @@ fn build(host: &str, base: &str, app: &str, seed: u64, app_bytes: usize, text: &
             "FROM scratch\nCOPY busybox /bin/busybox\nCOPY base.bin /base.bin\n",
         )
         .unwrap();
-        docker(
-            host,
-            &[
-                "build",
-                "-q",
-                "--network",
-                "none",
-                "-t",
-                base,
-                d.to_str().unwrap(),
-            ],
-        );
+        docker_build(host, base, d);
     }
     std::fs::write(
         d.join("Dockerfile"),
@@ -211,18 +200,7 @@ fn build(host: &str, base: &str, app: &str, seed: u64, app_bytes: usize, text: &
         ),
     )
     .unwrap();
-    docker(
-        host,
-        &[
-            "build",
-            "-q",
-            "--network",
-            "none",
-            "-t",
-            app,
-            d.to_str().unwrap(),
-        ],
-    );
+    docker_build(host, app, d);
 }
 
 /// zstd (level 3) of the random data `app` adds: a lower bound on what an

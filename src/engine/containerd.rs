@@ -78,8 +78,9 @@ pub(super) async fn holding(
             });
         }
     }
+    // One listing: the images and whether each is whole.
     let available = available(engine).await?;
-    let all = engine.all_layers().await?;
+    let all = engine.layers_of(available.keys().cloned()).await;
     // The image itself, under any name: same layers and the same config.
     for (id, _) in all
         .iter()

@@ -367,7 +367,13 @@ impl Engine {
             .list_images(Some(opts))
             .await
             .context("listing the daemon's images")?;
-        Ok(stream::iter(images.into_iter().map(|i| i.id))
+        Ok(self.layers_of(images.into_iter().map(|i| i.id)).await)
+    }
+
+    /// The images `ids` with their layers, bottom first (none for an image
+    /// that no longer inspects).
+    async fn layers_of(&self, ids: impl Iterator<Item = String>) -> Vec<(String, Vec<String>)> {
+        stream::iter(ids)
             .map(|id| async move {
                 let layers = self
                     .daemon
@@ -382,7 +388,7 @@ impl Engine {
             })
             .buffer_unordered(8)
             .collect()
-            .await)
+            .await
     }
 }
 

@@ -133,6 +133,12 @@ pub fn build_image(host: &str, tag: &str, seed: u64, base_bytes: usize, app: &st
          CMD [\"/bin/busybox\", \"cat\", \"/app.txt\"]\n",
     )
     .unwrap();
+    docker_build(host, tag, dir.path());
+    image_id(host, tag).expect("built image")
+}
+
+/// `docker build -q --network none -t TAG DIR` on `host`.
+pub fn docker_build(host: &str, tag: &str, dir: &std::path::Path) {
     docker(
         host,
         &[
@@ -142,10 +148,9 @@ pub fn build_image(host: &str, tag: &str, seed: u64, base_bytes: usize, app: &st
             "none",
             "-t",
             tag,
-            dir.path().to_str().unwrap(),
+            dir.to_str().unwrap(),
         ],
     );
-    image_id(host, tag).expect("built image")
 }
 
 /// A seed no earlier run used, so a far daemon can't already hold the layer.
