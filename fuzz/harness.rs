@@ -77,31 +77,42 @@ pub fn session(data: &[u8]) {
         let Ok((_, leftover)) = handshake::read(&mut input).await else {
             return;
         };
-        let (mux, mut events, reader) = mux::start(
+        let mut session = mux::start(
             input,
             leftover,
             tokio::io::sink(),
             Side::Dialer,
             Liveness::OFF,
         );
-        let drain = async {
-            while let Some(ev) = events.recv().await {
-                match ev {
-                    Event::Control(b) => {
-                        let _ = Message::from_bytes(&b);
-                    }
-                    Event::Open(s) => {
-                        let (near, mut far) = tokio::io::duplex(64 * 1024);
-                        mux.attach(s, near);
-                        tokio::spawn(async move {
-                            let mut sink = Vec::new();
-                            let _ = far.read_to_end(&mut sink).await;
-                        });
-                    }
+        let mux = session.mux.clone();
+        // Every task this session spawns is awaited, and a panic in one is
+        // raised here: a runtime dropped with its tasks unfinished would
+        // hide it.
+        let mut tasks = Vec::new();
+        while let Some(ev) = session.next().await {
+            match ev {
+                Event::Control(b) => {
+                    let _ = Message::from_bytes(&b);
+                }
+                Event::Open(s) => {
+                    let (near, mut far) = tokio::io::duplex(64 * 1024);
+                    tasks.push(mux.attach(s, near));
+                    tasks.push(tokio::spawn(async move {
+                        let mut sink = Vec::new();
+                        let _ = far.read_to_end(&mut sink).await;
+                    }));
                 }
             }
-        };
-        let _ = tokio::join!(reader, drain);
+        }
+        drop(mux);
+        drop(session);
+        for t in tasks {
+            if let Err(e) = t.await {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        }
     });
 }
 

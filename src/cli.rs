@@ -86,11 +86,22 @@ pub struct LinkArgs {
     #[arg(long, env = "DOS_IDLE_TIMEOUT", value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(5..))]
     pub idle_timeout: u64,
+    /// Give up when the other side's dos has not said hello after SECONDS:
+    /// a host that hangs, a prompt nobody answers, a command that is not
+    /// dos. Counted from the start, so it includes ssh connecting and any
+    /// password typed at its prompt.
+    #[arg(long, env = "DOS_HELLO_TIMEOUT", value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub hello_timeout: u64,
 }
 
 impl LinkArgs {
     pub fn idle(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.idle_timeout)
+    }
+
+    pub fn hello(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.hello_timeout)
     }
 }
 

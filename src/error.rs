@@ -32,6 +32,12 @@ pub enum PeerError {
     ConnectionLost { detail: String, printed: String },
 }
 
+/// A command line or setup that can't work: a missing argument, a flag
+/// this engine can't honour, a detached daemon and no tunnel.
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct SetupError(pub String);
+
 #[derive(Debug, Error)]
 #[error("interrupted")]
 pub struct Interrupted;
@@ -50,8 +56,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if cause.is::<Interrupted>() {
             return 130;
         }
-        if cause.is::<crate::push::SetupError>() || cause.is::<crate::reference::InvalidReference>()
-        {
+        if cause.is::<SetupError>() || cause.is::<crate::reference::InvalidReference>() {
             return 2;
         }
         if cause.is::<DaemonError>() {

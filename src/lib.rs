@@ -19,6 +19,7 @@
 //! - [`setup`]: what the environment says (CI variables, DOCKER_HOST) and the push plan.
 //! - [`tunnel`]: exposing the registry to a daemon that can't reach our loopback (ngrok).
 //! - [`allow`]: the allow-list and ssh forced-command checks of a locked-down pull.
+//! - [`leftovers`]: temporary names an interrupted run must still remove.
 //! - [`mod@reference`], [`auth`], [`cache`], [`http`], [`progress`], [`signal`], [`stdio`], [`error`]: support.
 //! - [`cli`]: the command-line definition.
 //!
@@ -36,6 +37,7 @@ pub mod engine;
 pub mod error;
 pub mod gate;
 pub mod http;
+pub mod leftovers;
 pub mod mux;
 pub mod progress;
 pub mod protocol;

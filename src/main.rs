@@ -39,6 +39,7 @@ fn main() {
                 opts.registry_port = a.registry_port;
                 opts.via = a.via;
                 opts.idle = a.link.idle();
+                opts.hello = a.link.hello();
                 if a.explain {
                     // The push side's stdout is the user's: the plan goes there.
                     print!("{}", opts.plan());
@@ -70,6 +71,7 @@ fn main() {
                         .ok()
                         .filter(|c| !c.is_empty()),
                     idle: a.link.idle(),
+                    hello: a.link.hello(),
                 })
                 .await
             }

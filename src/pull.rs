@@ -10,15 +10,15 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::allow::{image_from_original_command, AllowList};
 use crate::auth::Credentials;
+use crate::delta::proof;
 use crate::delta::receive::{self, ReceivePlan, SourceManifest};
 use crate::delta::spool::{Entry, Spool};
 use crate::engine::{Engine, Ids, Loaded};
-use crate::error::PeerError;
-use crate::mux::{self, Event, Liveness, Mux, Side};
+use crate::error::{PeerError, SetupError};
+use crate::mux::{self, Event, Liveness, Mux, Session, Side};
 use crate::protocol::handshake::{
     self, DeltaPlan, Hello, Role, FEATURE_DELTA, FEATURE_EARLY_PLAN, FEATURE_HEARTBEAT,
 };
@@ -38,18 +38,38 @@ pub struct PullOptions {
     pub original_command: Option<String>,
     /// Give up when nothing arrives from the pusher for this long.
     pub idle: Duration,
+    /// Give up when the pusher has not said hello after this long.
+    pub hello: Duration,
 }
 
+/// Receive as `opts` says. SIGINT, SIGTERM and SIGHUP (ssh going away)
+/// end it wherever it is, and the relay's names are removed.
 pub async fn pull(opts: PullOptions) -> Result<()> {
+    crate::signal::run_interruptible(run(opts)).await
+}
+
+async fn run(opts: PullOptions) -> Result<()> {
     let mut stdout = tokio::io::stdout();
     let mut stdin = crate::stdio::stdin();
+    // A forced command that refuses what the key asked to run still
+    // speaks dos: the pusher learns it was refused (not that the far side
+    // isn't dos), and a person at a plain ssh prompt reads why on stderr.
+    let mut refusal = None;
     let fixed = match (&opts.image, &opts.original_command) {
         (Some(i), _) => Some(i.clone()),
-        (None, Some(cmd)) => Some(image_from_original_command(cmd)?),
+        (None, Some(cmd)) => match image_from_original_command(cmd) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::error!("dos: {e:#}");
+                refusal = Some(format!("{e:#}"));
+                None
+            }
+        },
         (None, None) if !opts.allow.is_empty() => None,
-        (None, None) => bail!(
+        (None, None) => bail!(SetupError(
             "dos pull: no image given (dos pull IMAGE, or --allow PATTERN to take the pusher's)"
-        ),
+                .into()
+        )),
     };
     // A fixed image is checked before anything is read.
     let fixed = fixed.map(checked).transpose()?;
@@ -57,7 +77,10 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
     // fixed image it names the image, and it may carry the plan. Meanwhile
     // this side connects to its engine: every engine takes a delta, but if
     // the daemon is unreachable we still speak, so the pusher learns why.
-    let (read, engine) = tokio::join!(handshake::read(&mut stdin), Engine::connect());
+    let (read, engine) = tokio::join!(
+        handshake::read_within(&mut stdin, opts.hello),
+        Engine::connect()
+    );
     let delta = engine.is_ok();
     if let Ok(e) = &engine {
         tracing::debug!("far engine: {e}");
@@ -65,6 +88,12 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
     let (peer, leftover) = read.context("reading the pusher's handshake")?;
     let (image, wanted) = match fixed {
         Some(f) => f,
+        // Refused: the pusher's offer is named back, so that it reads on
+        // to the refusal.
+        None if refusal.is_some() => match ImageRef::parse(&peer.image) {
+            Ok(r) => (peer.image.clone(), r),
+            Err(_) => bail!(PeerError::Refused(refusal.unwrap_or_default())),
+        },
         None => checked(peer.image.clone())?,
     };
     // Following the plan in the pusher's hello saves waiting for it.
@@ -86,10 +115,13 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
     stdout.write_all(&handshake::encode(&hello)).await?;
     stdout.flush().await?;
     let liveness = Liveness::with_peer(peer.has(FEATURE_HEARTBEAT), opts.idle);
-    let (mux, events, _reader) = mux::start(stdin, leftover, stdout, Side::Dialer, liveness);
+    let mut session = mux::start(stdin, leftover, stdout, Side::Dialer, liveness);
+    let mux = session.mux.clone();
 
-    let result = if opts.allow.allows(&image) {
-        serve(&mux, events, &wanted, &image, peer, early, engine).await
+    let result = if let Some(why) = refusal {
+        Err(PeerError::Refused(why).into())
+    } else if opts.allow.allows(&image) {
+        serve(&mut session, &wanted, &image, peer, early, engine).await
     } else {
         Err(PeerError::Refused(format!(
             "{image} is not allowed here (dos pull --allow {})",
@@ -97,20 +129,33 @@ pub async fn pull(opts: PullOptions) -> Result<()> {
         ))
         .into())
     };
+    // An error met because the session ended (a stream cut short) says
+    // why it ended.
+    let result = result.map_err(|e| match session.ended() {
+        Some(why)
+            if e.downcast_ref::<PeerError>().is_none() && !format!("{e:#}").contains(&why) =>
+        {
+            e.context(format!("the session ended: {why}"))
+        }
+        _ => e,
+    });
     let msg = match &result {
         Ok((id, far)) => Message::Outcome {
             ok: true,
+            refused: false,
             message: format!("{image} is on the far daemon"),
             image_id: Some(id.clone()),
             far: Some(far.clone()),
         },
         Err(e) => Message::Outcome {
             ok: false,
-            // The pusher says "the far side failed: …" itself.
+            // The pusher says "the far side failed: …" (or "refused: …")
+            // itself.
             message: match e.downcast_ref::<PeerError>() {
-                Some(PeerError::FarFailure(m)) => m.clone(),
+                Some(PeerError::FarFailure(m) | PeerError::Refused(m)) => m.clone(),
                 _ => format!("{e:#}"),
             },
+            refused: matches!(e.downcast_ref::<PeerError>(), Some(PeerError::Refused(_))),
             image_id: None,
             far: None,
         },
@@ -134,8 +179,7 @@ fn checked(image: String) -> Result<(String, ImageRef)> {
 /// Check the pusher, follow its plan, tag the result; returns the image ID
 /// and the far engine's view of the image.
 async fn serve(
-    mux: &Mux,
-    mut events: UnboundedReceiver<Event>,
+    session: &mut Session,
     wanted: &ImageRef,
     wanted_str: &str,
     peer: Hello,
@@ -155,6 +199,7 @@ async fn serve(
         )));
     }
     let engine = engine?;
+    let mux = &session.mux.clone();
     let plan = match early {
         Some(p) => Message::Delta {
             image_id: p.image_id,
@@ -162,7 +207,7 @@ async fn serve(
             manifest: p.manifest,
         },
         None => loop {
-            match events.recv().await {
+            match session.next().await {
                 Some(Event::Control(b)) => {
                     break Message::from_bytes(&b).context("reading the pusher's plan")?
                 }
@@ -181,8 +226,7 @@ async fn serve(
             diff_ids,
             manifest,
         } => {
-            let loaded =
-                via_delta(mux, &mut events, &engine, &image_id, diff_ids, manifest).await?;
+            let loaded = via_delta(session, &engine, &image_id, diff_ids, manifest).await?;
             engine
                 .daemon
                 .tag(&loaded.id, &wanted.repository(), wanted.tag_or_latest())
@@ -201,8 +245,7 @@ async fn serve(
 }
 
 async fn via_delta(
-    mux: &Mux,
-    events: &mut UnboundedReceiver<Event>,
+    session: &mut Session,
     engine: &Engine,
     config: &str,
     diff_ids: Vec<String>,
@@ -228,6 +271,7 @@ async fn via_delta(
         )
         .await
         .context("learning what the far engine has")?;
+    let mux = session.mux.clone();
     if let Some(loaded) = holding.image {
         mux.control(
             Message::Have {
@@ -236,10 +280,17 @@ async fn via_delta(
                 resume: Vec::new(),
                 sizes: false,
                 blobs: false,
+                prove: true,
             }
             .to_bytes(),
         )
         .await;
+        let stream = next_stream(session, "its proof").await?;
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        mux.attach(stream, near);
+        proof::check(far, config, &diff_ids)
+            .await
+            .map_err(|e| PeerError::Refused(format!("{e:#}")))?;
         return Ok(loaded);
     }
     let have = holding.layers;
@@ -288,18 +339,12 @@ async fn via_delta(
             resume,
             sizes: holding.needs_sizes,
             blobs: source.is_some() && engine.ids() == Ids::Manifest,
+            prove: false,
         }
         .to_bytes(),
     )
     .await;
-    let stream = match events.recv().await {
-        Some(Event::Open(s)) => s,
-        Some(Event::Control(b)) => bail!(PeerError::Refused(format!(
-            "unexpected message while waiting for layers: {}",
-            String::from_utf8_lossy(&b)
-        ))),
-        None => bail!("the pusher closed the session before sending the layers"),
-    };
+    let stream = next_stream(session, "the layers").await?;
     let (near, far) = tokio::io::duplex(256 * 1024);
     mux.attach(stream, near);
     let mut plan = ReceivePlan {
@@ -322,6 +367,21 @@ async fn via_delta(
         .map_err(|e| anyhow!(PeerError::FarFailure(format!("{e:#}"))))?;
     plan.clean_spool();
     Ok(loaded)
+}
+
+/// The stream the pusher opens next, carrying `what`.
+async fn next_stream(session: &mut Session, what: &str) -> Result<mux::MuxStream> {
+    match session.next().await {
+        Some(Event::Open(s)) => Ok(s),
+        Some(Event::Control(b)) => bail!(PeerError::Refused(format!(
+            "unexpected message while waiting for {what}: {}",
+            String::from_utf8_lossy(&b)
+        ))),
+        None => bail!(
+            "the session ended before the pusher sent {what}: {}",
+            session.end().await
+        ),
+    }
 }
 
 async fn via_registry(
@@ -362,6 +422,8 @@ async fn via_registry(
     tracing::info!("dos: pulling {wanted_str} through the relay");
     let daemon = &engine.daemon;
     let pulled_ref = format!("{source}@{}", offer.manifest);
+    let prefix = format!("{addr}/");
+    crate::leftovers::watch(daemon, &prefix);
     let pulled = engine
         .pull_relayed(&source, &offer.manifest, creds.docker(&addr.to_string()))
         .await;
@@ -395,8 +457,9 @@ async fn via_registry(
     acceptor.abort();
     // Remove the relay's names (a digest reference under 127.0.0.1:PORT)
     // whether or not the pull worked.
-    if let Err(e) = daemon.untag_all_under(&format!("{addr}/")).await {
-        tracing::warn!("{e:#}");
+    match daemon.untag_all_under(&prefix).await {
+        Ok(()) => crate::leftovers::unwatch(&prefix),
+        Err(e) => tracing::warn!("{e:#}"),
     }
     finished
 }

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::{AsyncRead, AsyncWriteExt};
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 
 use crate::auth::Credentials;
@@ -23,9 +22,9 @@ use crate::delta::send::{self, SendPlan, SendStats};
 use crate::delta::store::LocalStore;
 use crate::docker::Daemon;
 use crate::engine::{self, oci, Engine, Ids};
-use crate::error::PeerError;
+use crate::error::{PeerError, SetupError};
 use crate::gate::Gate;
-use crate::mux::{self, Event, Liveness, Mux, MuxError, Side};
+use crate::mux::{self, Event, Liveness, Session, Side};
 use crate::progress::Progress;
 use crate::protocol::handshake::{
     self, DeltaPlan, HandshakeError, Hello, Role, FEATURE_DELTA, FEATURE_EARLY_PLAN,
@@ -34,23 +33,12 @@ use crate::protocol::handshake::{
 use crate::protocol::message::{FarImage, Message, Offer};
 use crate::reference::ImageRef;
 use crate::registry::Registry;
+pub use crate::setup::Via;
 use crate::setup::{Environment, Exposure, Plan};
-use crate::signal::interruptible;
 use crate::transport::{describe, Transport};
 use crate::tunnel::forward::Forward;
 use crate::tunnel::ngrok::Ngrok;
 use crate::tunnel::{self, Tunnel};
-
-/// How the image travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Via {
-    /// The delta path when the far dos supports it, else the registry relay.
-    Auto,
-    /// Only the delta path; fail if it can't be used.
-    Delta,
-    /// Only the registry relay.
-    Registry,
-}
 
 pub struct PushOptions {
     pub image: String,
@@ -68,7 +56,13 @@ pub struct PushOptions {
     /// Give up when nothing arrives from the far side for this long (the far
     /// dos sends heartbeats, so silence means the link is gone).
     pub idle: Duration,
+    /// Give up when the far dos has not said hello after this long.
+    pub hello: Duration,
 }
+
+/// How long the far side's hello is waited for: ssh connecting and a
+/// password typed at its prompt fit; a host that hangs is named in a minute.
+pub const DEFAULT_HELLO: Duration = Duration::from_secs(60);
 
 /// The default idle limit: long enough for a congested mobile link, short
 /// enough that a dead one is noticed while the user still watches.
@@ -85,6 +79,7 @@ impl PushOptions {
             docker_host: None,
             tunnel: None,
             idle: DEFAULT_IDLE,
+            hello: DEFAULT_HELLO,
         }
     }
 
@@ -97,11 +92,6 @@ impl PushOptions {
         plan
     }
 }
-
-/// The registry path can't work from here (a detached daemon, no tunnel).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SetupError(pub String);
 
 /// What a successful push did.
 #[derive(Debug)]
@@ -151,7 +141,14 @@ pub async fn explain_engines(opts: &PushOptions) -> String {
     )
 }
 
+/// Push as `opts` says. Ctrl-C, SIGTERM or SIGHUP end it wherever it is;
+/// the temporary names made so far are removed before it returns (a second
+/// signal cuts that short), and the error is [`crate::error::Interrupted`].
 pub async fn push(opts: PushOptions) -> Result<PushReport> {
+    crate::signal::run_interruptible(run(opts)).await
+}
+
+async fn run(opts: PushOptions) -> Result<PushReport> {
     let image = ImageRef::parse(&opts.image)?;
     if opts.command.is_empty() {
         bail!("no transport command given (e.g. dos push app:1 ssh host dos pull app:1)");
@@ -172,7 +169,9 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
     let delta_wanted = plan.try_delta;
     let delta_possible = delta_wanted && engine.reads_layers();
     if opts.via == Via::Delta && !delta_possible {
-        bail!("--via delta: dos does not read layers out of {engine}; use --via registry");
+        bail!(SetupError(format!(
+            "--via delta: dos does not read layers out of {engine}; use --via registry"
+        )));
     }
     daemon.inspect(&opts.image).await?;
     tracing::debug!("local engine: {engine}");
@@ -235,7 +234,7 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
         store,
         content,
     });
-    let result = interruptible(session(
+    let result = session(
         &mut transport,
         &src,
         &daemon,
@@ -243,15 +242,25 @@ pub async fn push(opts: PushOptions) -> Result<PushReport> {
         &mut capture,
         &opts,
         &plan,
-    ))
+    )
     .await;
     let grace = Duration::from_secs(if result.is_ok() { 2 } else { 0 });
-    let ((status, stderr), ()) = tokio::join!(transport.finish(Duration::from_secs(5)), async {
+    // A command that never said hello is stopped at once: it was waited on
+    // long enough.
+    let silent = matches!(
+        result
+            .as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<HandshakeError>()),
+        Some(HandshakeError::Silent { .. })
+    );
+    let wait = Duration::from_secs(if silent { 0 } else { 5 });
+    let ((status, stderr), ()) = tokio::join!(transport.finish(wait), async {
         if let Some(c) = capture {
             c.finish(grace).await
         }
     });
-    let report = result.map_err(|e| explain(e, status, &stderr))?;
+    let report = result.map_err(|e| explain(e, status, &stderr, &opts.command))?;
     Ok(report)
 }
 
@@ -287,7 +296,7 @@ async fn session(
         stdin.flush().await
     }
     .await;
-    let (peer, leftover) = handshake::read(&mut stdout).await?;
+    let (peer, leftover) = handshake::read_within(&mut stdout, opts.hello).await?;
     if peer.role != Role::Pull {
         bail!(PeerError::Refused("the far side is not a dos pull".into()));
     }
@@ -321,7 +330,8 @@ async fn session(
     }
 
     let liveness = Liveness::with_peer(peer.has(FEATURE_HEARTBEAT), opts.idle);
-    let (mux, events, reader) = mux::start(stdout, leftover, stdin, Side::Listener, liveness);
+    let mut session = mux::start(stdout, leftover, stdin, Side::Listener, liveness);
+    let mux = session.mux.clone();
     let started = std::time::Instant::now();
     let m = mux.clone();
     let progress = Progress::start(
@@ -348,10 +358,18 @@ async fn session(
             )
             .await;
         }
-        drive_delta(&mux, events, reader, src, layers, capture).await
+        drive_delta(&mut session, src, layers, capture).await
     } else {
-        drive_registry(&mux, events, reader, src, daemon, opts, plan).await
+        drive_registry(&mut session, src, daemon, opts, plan).await
     };
+    // A write cut off because the transport ended is the lost link,
+    // whichever end noticed first: the session recorded why it ended.
+    let result = result.map_err(|e| match session.ended() {
+        Some(why) if cut_off(&e) && !is_peer_word(&e) => {
+            anyhow::Error::new(lost(why)).context(format!("{e:#}"))
+        }
+        _ => e,
+    });
     progress.finish(if result.is_ok() { "done" } else { "failed" });
     // Flush and close our half; bounded, as a dead link never drains. After
     // a failure there is nothing left worth waiting for.
@@ -422,15 +440,27 @@ fn plan_manifest(src: &Source) -> Option<String> {
         .and_then(|m| String::from_utf8(m.clone()).ok())
 }
 
-type Events = UnboundedReceiver<Event>;
-type Reader = JoinHandle<Result<(), MuxError>>;
+/// A write into a stream failed because its other end is gone (the far
+/// side reset it, or the session ended), not because of this side.
+fn cut_off(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The far side said why (a refusal, a failure, its handshake), or the
+/// user interrupted: not to be recast as a lost link.
+fn is_peer_word(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<PeerError>() || c.is::<HandshakeError>() || c.is::<crate::error::Interrupted>()
+    })
+}
 
 /// Delta: wait for the far side's inventory, stream what it lacks, and wait
 /// for its outcome.
 async fn drive_delta(
-    mux: &Mux,
-    mut events: Events,
-    reader: Reader,
+    session: &mut Session,
     src: &Source,
     layers: Layers<impl AsyncRead + Send + Unpin + 'static>,
     capture: &mut Option<capture::Session>,
@@ -446,9 +476,17 @@ async fn drive_delta(
     // Teaching the daemon this image, once the link (not the CPU) proves to
     // be what the transfer waits for: (when sending began, bytes read so far).
     let mut seed_watch: Option<(Instant, Arc<AtomicU64>)> = None;
+    let mux = session.mux.clone();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // The sending was cut off: the far side's word (it reset the stream,
+    // then says why) or the link's end, which follow within moments, say
+    // why.
+    let mut send_failed: Option<(anyhow::Error, tokio::time::Instant)> = None;
     loop {
         tokio::select! {
+            _ = tokio::time::sleep_until(send_failed.as_ref().map_or_else(tokio::time::Instant::now, |f| f.1)), if send_failed.is_some() => {
+                return Err(send_failed.take().unwrap().0.context("sending the image"));
+            }
             _ = tick.tick(), if seed_watch.is_some() => {
                 let (since, read) = seed_watch.as_ref().unwrap();
                 let c = capture.as_mut().unwrap();
@@ -456,13 +494,13 @@ async fn drive_delta(
                     seed_watch = None;
                 }
             }
-            ev = events.recv() => match ev {
+            ev = session.next() => match ev {
                 Some(Event::Open(stream)) => {
                     // The far side has no business opening streams here.
                     mux.reject(stream, "unexpected stream").await;
                 }
                 Some(Event::Control(bytes)) => match Message::from_bytes(&bytes) {
-                    Ok(Message::Have { layers, image, resume, sizes, blobs }) => {
+                    Ok(Message::Have { layers, image, resume, sizes, blobs, prove }) => {
                         if layers > src.local.diff_ids.len() {
                             bail!(PeerError::FarFailure(format!("the far side claims {layers} layers of {}", src.local.diff_ids.len())));
                         }
@@ -472,7 +510,7 @@ async fn drive_delta(
                             if image { " and the image" } else { "" }
                         );
                         let export = export.take().context("the far side asked twice")?;
-                        if image {
+                        if image && !prove {
                             drop(export);
                             continue;
                         }
@@ -495,7 +533,7 @@ async fn drive_delta(
                                 tracing::debug!("reading the missing layers from the daemon's store");
                                 sender = Some(tokio::spawn(async move { send::send_stored(store, &plan, far, move || export).await }));
                             }
-                            (None, Some(c)) if c.worth_it(layers) && !sizes => {
+                            (None, Some(c)) if c.worth_it(layers) && !sizes && !image => {
                                 tracing::debug!("reading the missing layers through the capture registry");
                                 let rx = c.capture(present).context("capture started twice")?;
                                 sender = Some(tokio::spawn(async move { send::send_captured(rx, &plan, far, move || export).await }));
@@ -508,13 +546,13 @@ async fn drive_delta(
                             }
                         }
                     }
-                    Ok(Message::Outcome { ok, message, image_id, far }) => {
-                        return outcome(ok, message, image_id, far).map(|r| (r, stats));
+                    Ok(Message::Outcome { ok, message, refused, image_id, far }) => {
+                        return outcome(ok, message, refused, image_id, far).map(|r| (r, stats));
                     }
                     Ok(other) => bail!(PeerError::FarFailure(format!("unexpected message {other:?}"))),
                     Err(e) => bail!(lost(format!("unreadable control message: {e}"))),
                 },
-                None => bail!(lost(end_reason(reader).await)),
+                None => bail!(lost(session.end().await)),
             },
             r = async { sender.as_mut().unwrap().await }, if sender.is_some() => {
                 sender = None;
@@ -523,14 +561,10 @@ async fn drive_delta(
                         tracing::debug!(?s, "delta sent");
                         stats = Some(s);
                     }
-                    Ok(Err(e)) => {
-                        // A write that failed because the link went away is
-                        // the lost link (exit 4), whichever end noticed first.
-                        if let Ok(None) = tokio::time::timeout(Duration::from_secs(1), events.recv()).await {
-                            bail!(lost(end_reason(reader).await));
-                        }
-                        return Err(e.context("sending the image"));
+                    Ok(Err(e)) if cut_off(&e) => {
+                        send_failed = Some((e, tokio::time::Instant::now() + Duration::from_secs(5)));
                     }
+                    Ok(Err(e)) => return Err(e.context("sending the image")),
                     Err(e) => bail!("the sending task failed: {e}"),
                 }
             }
@@ -541,9 +575,7 @@ async fn drive_delta(
 /// Registry: push into the registry, offer it, serve the relay until the
 /// far side reports.
 async fn drive_registry(
-    mux: &Mux,
-    mut events: Events,
-    reader: Reader,
+    session: &mut Session,
     src: &Source,
     daemon: &Daemon,
     opts: &PushOptions,
@@ -611,9 +643,10 @@ async fn drive_registry(
         username: pull_creds.username.clone(),
         password: pull_creds.password.clone(),
     };
+    let mux = session.mux.clone();
     mux.control(Message::Registry { offer }.to_bytes()).await;
     loop {
-        match events.recv().await {
+        match session.next().await {
             Some(Event::Open(stream)) => {
                 let (near, far) = tokio::io::duplex(64 * 1024);
                 mux.attach(stream, near);
@@ -624,17 +657,18 @@ async fn drive_registry(
                 Ok(Message::Outcome {
                     ok,
                     message,
+                    refused,
                     image_id,
                     far,
                 }) => {
-                    return outcome(ok, message, image_id, far).map(|r| (r, None));
+                    return outcome(ok, message, refused, image_id, far).map(|r| (r, None));
                 }
                 Ok(other) => bail!(PeerError::FarFailure(format!(
                     "unexpected message {other:?}"
                 ))),
                 Err(e) => bail!(lost(format!("unreadable control message: {e}"))),
             },
-            None => bail!(lost(end_reason(reader).await)),
+            None => bail!(lost(session.end().await)),
         }
     }
 }
@@ -650,6 +684,16 @@ async fn push_to_registry(
     let repo = format!("{addr}/{}", src.image.path);
     let tag = src.image.tag.clone().unwrap_or_else(|| "latest".into());
     let before = names_under(daemon, &src.local.id, addr).await;
+    // What an interrupted run would leave: anything under the embedded
+    // registry's fresh address (it has credentials); under a service
+    // registry's, only the name this run adds (others there are the user's).
+    let prefix = match creds {
+        Some(_) => format!("{addr}/"),
+        None => format!("{repo}:{tag}"),
+    };
+    if !before.contains(&format!("{repo}:{tag}")) {
+        crate::leftovers::watch(daemon, &prefix);
+    }
     let pushed = async {
         daemon.tag(&src.image_str, &repo, &tag).await?;
         let creds = creds.map(|c| c.docker(addr)).unwrap_or_default();
@@ -664,6 +708,7 @@ async fn push_to_registry(
             }
         }
     }
+    crate::leftovers::unwatch(&prefix);
     pushed.with_context(|| format!("pushing {} into the registry at {addr}", src.image))
 }
 
@@ -673,12 +718,14 @@ type Reported = (String, Option<FarImage>);
 fn outcome(
     ok: bool,
     message: String,
+    refused: bool,
     image_id: Option<String>,
     far: Option<FarImage>,
 ) -> Result<Reported> {
     match (ok, image_id) {
         (true, Some(id)) => Ok((id, far)),
         (true, None) => Err(PeerError::FarFailure("no image ID reported".into()).into()),
+        (false, _) if refused => Err(PeerError::Refused(message).into()),
         (false, _) => Err(PeerError::FarFailure(message).into()),
     }
 }
@@ -690,23 +737,36 @@ fn lost(detail: String) -> PeerError {
     }
 }
 
-async fn end_reason(reader: Reader) -> String {
-    match reader.await {
-        Ok(Ok(())) => "the far side closed the stream before reporting a result".to_string(),
-        Ok(Err(e)) => e.to_string(),
-        Err(e) => e.to_string(),
-    }
-}
-
 /// Add what the far side printed (and how the command ended) to errors
 /// where the user needs it to act.
 fn explain(
     e: anyhow::Error,
     status: Option<std::process::ExitStatus>,
     stderr: &str,
+    command: &[String],
 ) -> anyhow::Error {
     if let Some(h) = e.downcast_ref::<HandshakeError>() {
         return match h {
+            HandshakeError::Silent { waited, printed } => {
+                let mut all = stderr.trim_end().to_string();
+                if !printed.is_empty() {
+                    if !all.is_empty() {
+                        all.push('\n');
+                    }
+                    all.push_str(printed);
+                }
+                PeerError::NotDos {
+                    detail: format!(
+                        "no dos handshake from `{}` after {}s (--hello-timeout, DOS_HELLO_TIMEOUT); it {}{}",
+                        shell_words(command),
+                        waited.as_secs(),
+                        describe(status),
+                        if all.trim().is_empty() { " and printed nothing" } else { "" }
+                    ),
+                    printed: all,
+                }
+                .into()
+            }
             HandshakeError::NotDos { printed } | HandshakeError::TooMuchNoise { printed } => {
                 let mut all = stderr.trim_end().to_string();
                 if !printed.is_empty() {
@@ -742,6 +802,23 @@ fn explain(
         .into();
     }
     e
+}
+
+/// The command as a user would type it (arguments quoted where needed).
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The image's names under a registry address (tags and digest references).

@@ -10,7 +10,16 @@
 
 use std::fmt;
 
-use crate::push::Via;
+/// How the image travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    /// The delta path when the far dos supports it, else the registry relay.
+    Auto,
+    /// Only the delta path; fail if it can't be used.
+    Delta,
+    /// Only the registry relay.
+    Registry,
+}
 
 /// What the environment says.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,6 +26,24 @@ pub async fn interrupted() {
     futures_util::future::select_all(waits).await;
 }
 
+/// Run `fut` unless a signal comes first; then drop it (its transport
+/// command is killed with it), remove the temporary names it made
+/// ([`crate::leftovers`]) unless a second signal comes, and fail with
+/// [`Interrupted`].
+pub async fn run_interruptible<T>(
+    fut: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let r = interruptible(fut).await;
+    if r.as_ref().err().is_some_and(|e| e.is::<Interrupted>()) {
+        tracing::info!("dos: interrupted; removing temporary names (again to quit at once)");
+        tokio::select! {
+            _ = tokio::time::timeout(std::time::Duration::from_secs(20), crate::leftovers::clear()) => {}
+            () = interrupted() => tracing::info!("dos: interrupted again; some temporary names may be left"),
+        }
+    }
+    r
+}
+
 /// Run `fut` unless a signal comes first.
 pub async fn interruptible<T>(fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::select! {

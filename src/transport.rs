@@ -6,13 +6,16 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::error::PeerError;
 
 /// How much of the far side's stderr we keep for error messages.
 const TAIL: usize = 4096;
+
+/// The longest stderr line passed through whole.
+const MAX_LINE: usize = 8192;
 
 pub struct Transport {
     child: Child,
@@ -47,7 +50,13 @@ impl Transport {
             let mut err = tokio::io::stderr();
             loop {
                 line.clear();
-                match lines.read_until(b'\n', &mut line).await {
+                // A line is cut at MAX_LINE: the far side can't make this
+                // side buffer more by never ending one.
+                match (&mut lines)
+                    .take(MAX_LINE as u64)
+                    .read_until(b'\n', &mut line)
+                    .await
+                {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
                         let _ = err.write_all(&line).await;

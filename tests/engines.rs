@@ -1,8 +1,8 @@
 //! Today's engines, end to end: the real dos binary moves images from
 //! Docker's classic store and from Docker's containerd image store to each
 //! far engine (classic, containerd store, podman), over ssh to the second
-//! host. Each cell runs four transfers (cold, same, update, foreign base)
-//! and checks, on the far engine itself: the config digest and the diffIDs
+//! host. Each cell runs five transfers (cold, same, update, foreign base,
+//! an image repeating a layer) and checks, on the far engine itself: the config digest and the diffIDs
 //! are the source's, the image ID too where both engines name images the
 //! same way, the container runs, no temporary name is left on either side,
 //! and an update or a foreign base sends little more than the new layer.
@@ -203,6 +203,43 @@ fn build(host: &str, base: &str, app: &str, seed: u64, app_bytes: usize, text: &
     docker_build(host, app, d);
 }
 
+/// `image`: busybox, the same file copied twice (two identical layers, one
+/// diffID twice), then a text file. Built by the classic store's builder
+/// (BuildKit leaves out a step that changes nothing) and, for another
+/// source engine, moved there by `docker save | docker load`, as an image
+/// pulled from a registry would arrive.
+fn build_repeated(host: &str, image: &str, seed: u64, bytes: usize, text: &str) {
+    let e = env().expect("environment");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::copy(&e.busybox, d.join("busybox")).unwrap();
+    std::fs::write(d.join("app.bin"), pseudo_random(seed ^ 0xa5a5, bytes)).unwrap();
+    std::fs::write(d.join("app.txt"), text).unwrap();
+    std::fs::write(
+        d.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY app.bin /app.bin\nCOPY app.bin /app.bin\n\
+         COPY app.txt /app.txt\nCMD [\"/bin/busybox\", \"cat\", \"/app.txt\"]\n",
+    )
+    .unwrap();
+    if image_id(&e.local, image).is_none() {
+        let out = std::process::Command::new("docker")
+            .args(["build", "-q", "--network", "none", "-t", image])
+            .arg(d)
+            .env("DOCKER_HOST", &e.local)
+            .env("DOCKER_BUILDKIT", "0")
+            .output()
+            .expect("docker build");
+        assert!(
+            out.status.success(),
+            "docker build {image}: {}",
+            stderr(&out)
+        );
+    }
+    if host != e.local {
+        copy_image(&e.local, host, image);
+    }
+}
+
 /// zstd (level 3) of the random data `app` adds: a lower bound on what an
 /// update must send, whatever its framing.
 fn changed_zstd(seed: u64, app_bytes: usize) -> u64 {
@@ -312,6 +349,24 @@ fn cell_with(
     assert!(
         foreign <= bound,
         "a foreign-base transfer sent {foreign} bytes; the new layer is {bound} / 1.2 as zstd"
+    );
+
+    // A layer repeated (identical steps are ordinary): it crosses once.
+    let rep = format!("{name}-rep:1");
+    let rep_bytes = 2 << 20;
+    build_repeated(&src.host, &rep, seed + 3, rep_bytes, "repeated\n");
+    let (_, layers) = identity(&src.host, &rep);
+    assert_eq!(layers.len(), 4, "{layers:?}");
+    assert_eq!(
+        layers[1], layers[2],
+        "the two copies are one layer: {layers:?}"
+    );
+    let (repeated, _) = transfer(e, &src, &dst, &rep, "repeated\n");
+    // The layer once, busybox and framing: well under the layer twice.
+    let bound = changed_zstd(seed + 3, rep_bytes) + (2 << 20);
+    assert!(
+        repeated <= bound,
+        "an image repeating a layer sent {repeated} bytes; the layer once and busybox are under {bound}"
     );
 }
 

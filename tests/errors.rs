@@ -12,18 +12,9 @@ const EXIT_FAR_SIDE: i32 = 5;
 #[test]
 fn image_not_found_never_starts_the_command() {
     let e = need_env!();
-    let marker = tempfile::tempdir().unwrap().path().join("started");
+    let wire = Tripwire::new();
     let image = unique("no-such-image");
-    let out = dos(
-        &e.local,
-        &[
-            "push",
-            &image,
-            "sh",
-            "-c",
-            &format!("touch {}", marker.display()),
-        ],
-    );
+    let out = dos(&e.local, &["push", &image, wire.command()]);
     assert_eq!(
         out.status.code(),
         Some(EXIT_LOCAL_DOCKER),
@@ -32,7 +23,7 @@ fn image_not_found_never_starts_the_command() {
     );
     assert!(stderr(&out).contains(&image), "{}", stderr(&out));
     assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
-    assert!(!marker.exists(), "the transport command was started");
+    assert!(!wire.fired(), "the transport command was started");
 }
 
 #[test]
@@ -110,7 +101,8 @@ fn protocol_version_mismatch_names_both_versions() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(EXIT_TRANSPORT), "{err}");
     assert!(
-        err.contains("version 1") && err.contains("version 99"),
+        err.contains(&format!("version {}", dos::protocol::handshake::VERSION))
+            && err.contains("version 99"),
         "{err}"
     );
 }
@@ -157,11 +149,10 @@ fn unknown_flag_is_a_usage_error() {
 
 #[test]
 fn invalid_references_are_usage_errors_and_start_nothing() {
-    let marker = tempfile::tempdir().unwrap().path().join("started");
-    let touch = format!("touch {}", marker.display());
+    let wire = Tripwire::new();
     // Checked before the daemon is asked: needs no environment.
     for bad in ["App:1", "app:", "app::1", "a b", "app@sha256:123", ""] {
-        let out = dos("unix:///nonexistent", &["push", bad, "sh", "-c", &touch]);
+        let out = dos("unix:///nonexistent", &["push", bad, wire.command()]);
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
         assert!(
             stderr(&out).contains("invalid image reference"),
@@ -169,7 +160,7 @@ fn invalid_references_are_usage_errors_and_start_nothing() {
             stderr(&out)
         );
     }
-    assert!(!marker.exists(), "the transport command was started");
+    assert!(!wire.fired(), "the transport command was started");
 }
 
 #[test]

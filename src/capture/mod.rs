@@ -297,6 +297,7 @@ impl Session {
         let daemon = self.daemon.clone();
         let image_id = self.image.id.clone();
         let (r, t) = (repo.clone(), tag.clone());
+        crate::leftovers::watch(&daemon, &format!("{addr}/"));
         let push = tokio::spawn(async move {
             let pushed = async {
                 daemon.tag(&image_id, &r, &t).await?;
@@ -359,8 +360,9 @@ impl Session {
         if let Err(e) = self.daemon.untag(&run.name).await {
             tracing::debug!("{e:#}");
         }
-        if let Err(e) = self.daemon.untag_all_under(&prefix).await {
-            tracing::warn!("{e:#}");
+        match self.daemon.untag_all_under(&prefix).await {
+            Ok(()) => crate::leftovers::unwatch(&prefix),
+            Err(e) => tracing::warn!("{e:#}"),
         }
         let learned = std::mem::take(&mut *run.shared.learned.lock().unwrap());
         if learned.is_empty() {

@@ -16,6 +16,7 @@
 pub mod adaptive;
 pub mod chain;
 pub mod content;
+pub mod proof;
 pub mod receive;
 pub mod records;
 pub mod send;

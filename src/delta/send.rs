@@ -223,6 +223,10 @@ where
         }
     }
     for layer in &store.layers()[plan.have..] {
+        // A layer the image repeats (identical steps) crosses once.
+        if o.sent.contains(&layer.diff_id) {
+            continue;
+        }
         let len = match layer.tar_len().await {
             Ok(len) => len,
             Err(e) => {
@@ -289,6 +293,10 @@ where
 {
     let mut o = Out::with_config(out, "the containerd content store", store.config()).await?;
     for (d, blob) in plan.diff_ids.iter().zip(layers).skip(plan.have) {
+        // A layer the image repeats (identical steps) crosses once.
+        if o.sent.contains(d) {
+            continue;
+        }
         let file = match store.blob(&blob.digest, blob.size) {
             Ok(f) => f,
             Err(e) => {

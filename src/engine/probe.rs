@@ -62,6 +62,8 @@ pub async fn manifests(daemon: &Daemon, image: &str) -> Result<Vec<Pushed>> {
     let mut raw = [0u8; 8];
     rand::rng().fill_bytes(&mut raw);
     let (repo, tag) = (format!("{addr}/dos-probe"), hex::encode(raw));
+    let prefix = format!("{addr}/");
+    crate::leftovers::watch(daemon, &prefix);
     let pushed = async {
         daemon.tag(image, &repo, &tag).await?;
         daemon
@@ -71,6 +73,9 @@ pub async fn manifests(daemon: &Daemon, image: &str) -> Result<Vec<Pushed>> {
     }
     .await;
     let untagged = daemon.untag(&format!("{repo}:{tag}")).await;
+    if untagged.is_ok() {
+        crate::leftovers::unwatch(&prefix);
+    }
     stop.cancel();
     pushed?;
     untagged?;

@@ -19,7 +19,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub const MAGIC: [u8; 8] = *b"\x89DOS\r\n\x1a\n";
 
 /// The protocol version this build speaks. Bump on any incompatible change.
-pub const VERSION: u16 = 1;
+/// 2: a far side that has the image asks the pusher to prove it holds it.
+pub const VERSION: u16 = 2;
 
 /// Bound on the JSON part of a hello.
 pub const MAX_HELLO: usize = 64 * 1024;
@@ -90,6 +91,11 @@ pub enum HandshakeError {
         theirs: u16,
         release: String,
     },
+    #[error("no dos handshake came within {}s", waited.as_secs())]
+    Silent {
+        waited: std::time::Duration,
+        printed: String,
+    },
     #[error("malformed handshake: {0}")]
     Malformed(String),
     #[error("reading the handshake: {0}")]
@@ -100,9 +106,9 @@ impl HandshakeError {
     /// What the far side printed before (or instead of) the handshake.
     pub fn printed(&self) -> Option<&str> {
         match self {
-            HandshakeError::NotDos { printed } | HandshakeError::TooMuchNoise { printed } => {
-                Some(printed)
-            }
+            HandshakeError::NotDos { printed }
+            | HandshakeError::TooMuchNoise { printed }
+            | HandshakeError::Silent { printed, .. } => Some(printed),
             _ => None,
         }
     }
@@ -126,8 +132,32 @@ pub fn encode(hello: &Hello) -> Vec<u8> {
 pub async fn read<R: AsyncRead + Unpin>(
     reader: &mut R,
 ) -> Result<(Hello, BytesMut), HandshakeError> {
+    read_noting(reader, &mut Vec::new()).await
+}
+
+/// [`read`], giving up after `wait`: a host that hangs, a prompt nobody
+/// answers or a command that never exits would otherwise be waited on
+/// forever. The error keeps what the other side printed meanwhile.
+pub async fn read_within<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    wait: std::time::Duration,
+) -> Result<(Hello, BytesMut), HandshakeError> {
+    let mut noise = Vec::new();
+    match tokio::time::timeout(wait, read_noting(reader, &mut noise)).await {
+        Ok(r) => r,
+        Err(_) => Err(HandshakeError::Silent {
+            waited: wait,
+            printed: printable(&noise),
+        }),
+    }
+}
+
+/// [`read`], with the output skipped before the marker kept in `noise`.
+async fn read_noting<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    noise: &mut Vec<u8>,
+) -> Result<(Hello, BytesMut), HandshakeError> {
     let mut buf = BytesMut::with_capacity(8 * 1024);
-    let mut noise: Vec<u8> = Vec::new();
     // Phase 1: find the marker.
     loop {
         if let Some(pos) = find(&buf, &MAGIC) {
@@ -142,18 +172,18 @@ pub async fn read<R: AsyncRead + Unpin>(
         buf.advance(drop);
         if noise.len() > MAX_NOISE {
             return Err(HandshakeError::TooMuchNoise {
-                printed: printable(&noise),
+                printed: printable(noise),
             });
         }
         if reader.read_buf(&mut buf).await? == 0 {
             noise.extend_from_slice(&buf);
             return Err(HandshakeError::NotDos {
-                printed: printable(&noise),
+                printed: printable(noise),
             });
         }
     }
     if !noise.is_empty() {
-        tracing::debug!(bytes = noise.len(), text = %printable(&noise), "skipped output before the dos handshake");
+        tracing::debug!(bytes = noise.len(), text = %printable(noise), "skipped output before the dos handshake");
     }
     // Phase 2: version and length, then the JSON.
     fill(reader, &mut buf, 6).await?;
@@ -258,7 +288,7 @@ mod tests {
         let err = read(&mut &wire[..]).await.unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains("version 1") && msg.contains("version 99"),
+            msg.contains(&format!("version {VERSION}")) && msg.contains("version 99"),
             "{msg}"
         );
         assert!(msg.contains("0.1.0"), "{msg}");

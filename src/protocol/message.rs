@@ -42,11 +42,20 @@ pub enum Message {
         /// give the source's ID); else as tars, zstd on the wire.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         blobs: bool,
+        /// With `image`: the far side tags the image it has only once the
+        /// pusher sends its config (a stream with no layer), which proves
+        /// the pusher holds the image ([`crate::delta::proof`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        prove: bool,
     },
     /// The puller's final word: the image is in place (with its ID), or why not.
     Outcome {
         ok: bool,
         message: String,
+        /// Not ok because the far side would not take it (an allow-list, a
+        /// forced command), as opposed to trying and failing.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        refused: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         image_id: Option<String>,
         /// The far side's view of the image (absent from older far sides,

@@ -60,7 +60,9 @@ pub fn env() -> Option<&'static Env> {
                 podman_store: get("DOS_TEST_PODMAN_STORE")?,
             })
         })();
-        if e.is_none() && get("DOS_TEST_REQUIRE").is_some() {
+        // Only a value that says yes: DOS_TEST_REQUIRE=0 must not require.
+        let required = get("DOS_TEST_REQUIRE").is_some_and(|v| v == "1" || v == "true");
+        if e.is_none() && required {
             panic!("DOS_TEST_REQUIRE is set but the test environment is missing: run tests/run.sh");
         }
         e
@@ -338,4 +340,40 @@ pub fn link_bytes(e: &Env) -> u64 {
 /// A name unique to this test run.
 pub fn unique(name: &str) -> String {
     format!("{name}-{}", std::process::id())
+}
+
+/// A transport command that tells whether it was started, even if it was
+/// killed at once: an executable script whose access time is set far in
+/// the past, which the kernel's exec of it (done before `spawn` returns)
+/// brings up to date (relatime updates an access time older than the
+/// modification time).
+pub struct Tripwire {
+    _dir: tempfile::TempDir,
+    script: PathBuf,
+}
+
+impl Tripwire {
+    pub fn new() -> Tripwire {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("transport");
+        std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(946_684_800);
+        let f = std::fs::File::options().write(true).open(&script).unwrap();
+        f.set_times(std::fs::FileTimes::new().set_accessed(old))
+            .unwrap();
+        Tripwire { _dir: dir, script }
+    }
+
+    /// The command to give dos.
+    pub fn command(&self) -> &str {
+        self.script.to_str().unwrap()
+    }
+
+    /// Whether it was started.
+    pub fn fired(&self) -> bool {
+        let accessed = std::fs::metadata(&self.script).unwrap().accessed().unwrap();
+        accessed > std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(946_684_800)
+    }
 }

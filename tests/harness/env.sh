@@ -13,6 +13,9 @@
 #           to this one, sshd on REMOTE_IP:22, and its own dockerd  DIR/remote.sock
 #   tiny    dockerd whose data root is a 96 MiB tmpfs (a far disk that fills up)
 #                                                        DIR/tiny.sock
+#   rst     dockerd a fault test restarts mid-push (no other test uses it)
+#                                                        DIR/rst.sock
+#   env.sh restart DIR rst   stop that daemon and start it again
 #   Today's engines (tests/harness/engines.sh): the newest Docker and
 #   containerd in Debian's archive, unpacked (not installed), with the
 #   containerd image store, here (DIR/c-local.sock) and on the second host
@@ -28,6 +31,7 @@ need_pkgs() {
   command -v ip >/dev/null || missing+=(iproute2)
   command -v docker-registry >/dev/null || [[ -x /usr/bin/docker-registry ]] || missing+=(docker-registry)
   command -v zstd >/dev/null || missing+=(zstd)
+  [[ -x /usr/bin/time ]] || missing+=(time)
   command -v python3 >/dev/null || missing+=(python3)
   command -v pgrep >/dev/null && command -v kill >/dev/null || missing+=(procps)
   command -v podman >/dev/null || missing+=(podman)
@@ -87,6 +91,7 @@ up() {
   mkdir -p "$DIR/tiny"
   mount -t tmpfs -o size=96m dos-tiny "$DIR/tiny"
   start_dockerd tiny
+  start_dockerd rst
   # The remote daemon also listens on tcp on the far host's address: from
   # here it is a "detached" daemon (like CI remote docker) whose loopback is
   # not ours.
@@ -134,6 +139,7 @@ CFG
   wait_daemon "$DIR/peer.sock" "$DIR/peer.log"
   wait_daemon "$DIR/remote.sock" "$DIR/remote.log"
   wait_daemon "$DIR/tiny.sock" "$DIR/tiny.log"
+  wait_daemon "$DIR/rst.sock" "$DIR/rst.log"
   wait_daemon "$DIR/c-local.sock" "$DIR/c-local.log"
   wait_daemon "$DIR/c-remote.sock" "$DIR/c-remote.log"
   wait_daemon "$DIR/podman.sock" "$DIR/podman.log"
@@ -161,6 +167,7 @@ export DOS_TEST_LOCAL_IP=$lip
 export DOS_TEST_BUSYBOX=/bin/busybox
 export DOS_TEST_TINY=unix://$DIR/tiny.sock
 export DOS_TEST_TINY_ROOT=$DIR/tiny
+export DOS_TEST_RESTARTABLE=unix://$DIR/rst.sock
 export DOS_TEST_C_LOCAL=unix://$DIR/c-local.sock
 export DOS_TEST_C_REMOTE=unix://$DIR/c-remote.sock
 export DOS_TEST_PODMAN=unix://$DIR/podman.sock
@@ -175,10 +182,10 @@ ENV
 
 down() {
   [[ -d $DIR ]] || return 0
-  for p in sshd local peer remote tiny c-local c-remote podman c-local-ctd c-remote-ctd; do
+  for p in sshd local peer remote tiny rst c-local c-remote podman c-local-ctd c-remote-ctd; do
     [[ -f $DIR/$p.pid ]] && kill "$(cat "$DIR/$p.pid")" 2>/dev/null || true
   done
-  for p in local peer remote tiny c-local c-remote podman c-local-ctd c-remote-ctd; do
+  for p in local peer remote tiny rst c-local c-remote podman c-local-ctd c-remote-ctd; do
     local pid; pid=$(cat "$DIR/$p.pid" 2>/dev/null || true)
     [[ -n $pid ]] || continue
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -192,6 +199,17 @@ down() {
   # Daemons leave mounts under their data roots.
   grep " $DIR/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$DIR"
+}
+
+# Stop daemon NAME (started here, in this network namespace) and start it
+# again, as a host's docker restarting would.
+restart() {
+  local name=${NAME:?usage: env.sh restart DIR NAME}
+  local pid; pid=$(cat "$DIR/$name.pid")
+  kill "$pid"
+  for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  start_dockerd "$name"
+  wait_daemon "$DIR/$name.sock" "$DIR/$name.log"
 }
 
 # Shape the link both ways with tbf (this kernel has no netem), or remove
@@ -212,5 +230,6 @@ shape() {
 HERE=$(cd "$(dirname "$0")" && pwd)
 cmd=${1:?usage: env.sh up|down DIR}
 DIR=${2:?usage: env.sh up|down DIR}
+NAME=${3:-}
 BIN_DIR=${BIN_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/target/debug}
 "$cmd"
