@@ -424,9 +424,15 @@ async fn via_registry(
     let pulled_ref = format!("{source}@{}", offer.manifest);
     let prefix = format!("{addr}/");
     crate::leftovers::watch(daemon, &prefix);
-    let pulled = engine
-        .pull_relayed(&source, &offer.manifest, creds.docker(&addr.to_string()))
-        .await;
+    // A daemon whose relay is gone retries its downloads for a minute or
+    // more; the pull stops with the session instead.
+    let pulled = tokio::select! {
+        r = engine.pull_relayed(&source, &offer.manifest, creds.docker(&addr.to_string())) => r,
+        why = mux.closed() => Err(anyhow!(PeerError::ConnectionLost {
+            detail: format!("the session ended during the pull: {why}"),
+            printed: String::new(),
+        })),
+    };
     let finished = async {
         pulled?;
         let registry = Client::new(&addr.to_string(), &offer.repository, &creds);

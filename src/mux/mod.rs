@@ -197,6 +197,8 @@ struct Shared {
     budget: Arc<Budget>,
     /// Why the transport ended, as first seen.
     end: OnceLock<String>,
+    /// Wakes [`Mux::closed`] once `end` is set.
+    end_seen: Notify,
 }
 
 /// A handle to a running session. Cheap to clone.
@@ -299,6 +301,7 @@ where
         wire_in: AtomicU64::new(0),
         budget: Arc::default(),
         end: OnceLock::new(),
+        end_seen: Notify::new(),
     });
     tokio::spawn(io::write_loop(writer, out_rx, shared.clone()));
     let (ev_tx, ev_rx) = mpsc::channel(EVENTS);
@@ -376,6 +379,18 @@ impl Mux {
         }
     }
 
+    /// Resolves with why the transport ended, once it has: for work that
+    /// waits on something else (a daemon's pull) and must stop with it.
+    pub async fn closed(&self) -> String {
+        loop {
+            let seen = self.shared.end_seen.notified();
+            if let Some(why) = self.shared.end.get() {
+                return why.clone();
+            }
+            seen.await;
+        }
+    }
+
     /// Bytes written to / read from the transport so far.
     pub fn wire_bytes(&self) -> (u64, u64) {
         (
@@ -393,6 +408,7 @@ impl Shared {
     /// Record why the transport ended, unless that is known already.
     fn ended(&self, why: impl Into<String>) {
         let _ = self.end.set(why.into());
+        self.end_seen.notify_waiters();
     }
 
     async fn send(&self, f: Frame) {
