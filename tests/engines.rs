@@ -413,6 +413,19 @@ fn containerd_to_containerd_from_docker_save() {
     );
 }
 
+/// Not reading the classic store (as a pusher that isn't root): layers come
+/// out of `docker save`, or of the capture registry once the daemon knows
+/// the image; an image repeating a layer goes through both too.
+#[test]
+fn classic_to_classic_without_reading_the_store() {
+    cell_with(
+        Kind::Classic,
+        Kind::Classic,
+        &[("DOS_READ_STORE", "never"), ("DOS_CAPTURE_PORT", "47123")],
+        "",
+    );
+}
+
 #[test]
 fn containerd_to_podman() {
     cell(Kind::Containerd, Kind::Podman);
