@@ -737,6 +737,19 @@ fn lost(detail: String) -> PeerError {
     }
 }
 
+/// What the transport printed on stderr, then on stdout before (or
+/// instead of) a handshake.
+fn printed_both(stderr: &str, stdout: &str) -> String {
+    let mut all = stderr.trim_end().to_string();
+    if !stdout.is_empty() {
+        if !all.is_empty() {
+            all.push('\n');
+        }
+        all.push_str(stdout);
+    }
+    all
+}
+
 /// Add what the far side printed (and how the command ended) to errors
 /// where the user needs it to act.
 fn explain(
@@ -748,13 +761,7 @@ fn explain(
     if let Some(h) = e.downcast_ref::<HandshakeError>() {
         return match h {
             HandshakeError::Silent { waited, printed } => {
-                let mut all = stderr.trim_end().to_string();
-                if !printed.is_empty() {
-                    if !all.is_empty() {
-                        all.push('\n');
-                    }
-                    all.push_str(printed);
-                }
+                let all = printed_both(stderr, printed);
                 PeerError::NotDos {
                     detail: format!(
                         "no dos handshake from `{}` after {}s (--hello-timeout, DOS_HELLO_TIMEOUT); it {}{}",
@@ -768,13 +775,7 @@ fn explain(
                 .into()
             }
             HandshakeError::NotDos { printed } | HandshakeError::TooMuchNoise { printed } => {
-                let mut all = stderr.trim_end().to_string();
-                if !printed.is_empty() {
-                    if !all.is_empty() {
-                        all.push('\n');
-                    }
-                    all.push_str(printed);
-                }
+                let all = printed_both(stderr, printed);
                 PeerError::NotDos {
                     detail: format!(
                         "the transport command {} before the dos handshake",

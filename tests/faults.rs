@@ -92,17 +92,6 @@ impl Bed {
     }
 }
 
-fn finish(mut child: Child, limit: Duration) -> (Option<i32>, String) {
-    let mut status = None;
-    wait_for("dos push to exit", limit, || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-    (status.unwrap().code(), err)
-}
-
 /// What a failed run left behind, as a cell of the table ("nothing", or
 /// what), after the far dos has exited.
 fn left_behind(hosts: &[&str], image: &str, id: &str, bed: &Bed) -> String {
@@ -385,19 +374,4 @@ fn faults_as_figures() {
     eprintln!("{t}");
     std::fs::write(bed.work.path().join("faults.md"), &t).unwrap();
     docker(&e.local, &["rmi", &image]);
-}
-
-fn tmpfs_used(root: &Path) -> u64 {
-    let out = std::process::Command::new("df")
-        .args(["-B1", "--output=used"])
-        .arg(root)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
 }

@@ -101,18 +101,6 @@ fn mid_flight(
     }
 }
 
-/// Wait for the process, at most `limit`; its exit code and stderr.
-fn finish(mut child: Child, limit: Duration) -> (Option<i32>, String) {
-    let mut status = None;
-    wait_for("dos push to exit", limit, || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-    (status.unwrap().code(), err)
-}
-
 /// Nothing of the image on a daemon: no name, no image under its ID, no
 /// relay names.
 fn assert_nothing_of(host: &str, image: &str, id: &str) {
@@ -281,21 +269,6 @@ fn a_corrupted_stream_is_caught_and_nothing_is_loaded() {
         "a damaged layer was kept: {:?}",
         files_in(spool.path())
     );
-}
-
-fn tmpfs_used(root: &Path) -> u64 {
-    let out = std::process::Command::new("df")
-        .args(["--output=used", "-B1"])
-        .arg(root)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 #[test]

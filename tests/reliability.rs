@@ -17,20 +17,6 @@ const EXIT_TRANSPORT: i32 = 4;
 const EXIT_FAR_SIDE: i32 = 5;
 const EXIT_INTERRUPTED: i32 = 130;
 
-/// Wait for the process, at most `limit`; its exit code and stderr.
-fn finish(mut child: Child, limit: Duration) -> (Option<i32>, String) {
-    let mut status = None;
-    wait_for("dos to exit", limit, || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        e.read_to_string(&mut err).unwrap();
-    }
-    (status.unwrap().code(), err)
-}
-
 #[test]
 fn a_far_side_that_never_speaks_is_given_up_on_and_named() {
     let e = need_env!();

@@ -377,3 +377,34 @@ impl Tripwire {
         accessed > std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(946_684_800)
     }
 }
+
+/// Wait for the process, at most `limit`; its exit code and its stderr
+/// (unless the caller took the pipe).
+pub fn finish(mut child: std::process::Child, limit: std::time::Duration) -> (Option<i32>, String) {
+    let mut status = None;
+    wait_for("dos to exit", limit, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut err).unwrap();
+    }
+    (status.unwrap().code(), err)
+}
+
+/// Bytes used on the filesystem holding `root` (a tmpfs data root).
+pub fn tmpfs_used(root: &Path) -> u64 {
+    let out = Command::new("df")
+        .args(["--output=used", "-B1"])
+        .arg(root)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
