@@ -38,6 +38,16 @@ pub enum PeerError {
 #[error("{0}")]
 pub struct SetupError(pub String);
 
+impl PeerError {
+    /// The connection was lost; `detail` says how.
+    pub fn lost(detail: String) -> PeerError {
+        PeerError::ConnectionLost {
+            detail,
+            printed: String::new(),
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 #[error("interrupted")]
 pub struct Interrupted;

@@ -428,10 +428,9 @@ async fn via_registry(
     // more; the pull stops with the session instead.
     let pulled = tokio::select! {
         r = engine.pull_relayed(&source, &offer.manifest, creds.docker(&addr.to_string())) => r,
-        why = mux.closed() => Err(anyhow!(PeerError::ConnectionLost {
-            detail: format!("the session ended during the pull: {why}"),
-            printed: String::new(),
-        })),
+        why = mux.closed() => Err(anyhow!(PeerError::lost(format!(
+            "the session ended during the pull: {why}"
+        )))),
     };
     let finished = async {
         pulled?;

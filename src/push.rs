@@ -366,7 +366,7 @@ async fn session(
     // whichever end noticed first: the session recorded why it ended.
     let result = result.map_err(|e| match session.ended() {
         Some(why) if cut_off(&e) && !is_peer_word(&e) => {
-            anyhow::Error::new(lost(why)).context(format!("{e:#}"))
+            anyhow::Error::new(PeerError::lost(why)).context(format!("{e:#}"))
         }
         _ => e,
     });
@@ -550,9 +550,9 @@ async fn drive_delta(
                         return outcome(ok, message, refused, image_id, far).map(|r| (r, stats));
                     }
                     Ok(other) => bail!(PeerError::FarFailure(format!("unexpected message {other:?}"))),
-                    Err(e) => bail!(lost(format!("unreadable control message: {e}"))),
+                    Err(e) => bail!(PeerError::lost(format!("unreadable control message: {e}"))),
                 },
-                None => bail!(lost(session.end().await)),
+                None => bail!(PeerError::lost(session.end().await)),
             },
             r = async { sender.as_mut().unwrap().await }, if sender.is_some() => {
                 sender = None;
@@ -666,9 +666,9 @@ async fn drive_registry(
                 Ok(other) => bail!(PeerError::FarFailure(format!(
                     "unexpected message {other:?}"
                 ))),
-                Err(e) => bail!(lost(format!("unreadable control message: {e}"))),
+                Err(e) => bail!(PeerError::lost(format!("unreadable control message: {e}"))),
             },
-            None => bail!(lost(session.end().await)),
+            None => bail!(PeerError::lost(session.end().await)),
         }
     }
 }
@@ -727,13 +727,6 @@ fn outcome(
         (true, None) => Err(PeerError::FarFailure("no image ID reported".into()).into()),
         (false, _) if refused => Err(PeerError::Refused(message).into()),
         (false, _) => Err(PeerError::FarFailure(message).into()),
-    }
-}
-
-fn lost(detail: String) -> PeerError {
-    PeerError::ConnectionLost {
-        detail,
-        printed: String::new(),
     }
 }
 

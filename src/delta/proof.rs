@@ -11,8 +11,8 @@
 use anyhow::{bail, Context, Result};
 use async_compression::tokio::bufread::ZstdDecoder;
 use async_compression::zstd::DParameter;
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+
+use tokio::io::{AsyncRead, BufReader};
 
 use super::adaptive::WINDOW_LOG;
 use super::records::{self, Record};
@@ -33,15 +33,7 @@ pub async fn check<R: AsyncRead + Unpin>(
             .context("reading the pusher's proof")?
         {
             Record::Config { len } => {
-                // `read_header` bounds `len` (records::MAX_CONFIG).
-                let mut c = vec![0u8; len as usize];
-                dec.read_exact(&mut c)
-                    .await
-                    .context("reading the image config")?;
-                let d = format!("sha256:{}", hex::encode(Sha256::digest(&c)));
-                if d != config {
-                    bail!("the config the pusher sent hashes to {d}, not to {config}");
-                }
+                let c = records::read_config(&mut dec, len, config).await?;
                 if layers_of(&c).as_deref() != Some(diff_ids) {
                     bail!("the config the pusher sent does not list the layers its plan names");
                 }
@@ -82,6 +74,7 @@ fn layers_of(config: &[u8]) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     const D: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 

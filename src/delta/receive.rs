@@ -160,18 +160,7 @@ async fn feed<R: AsyncRead + Unpin>(
             .context("reading the delta stream")?
         {
             Record::Config { len } => {
-                let mut c = vec![0u8; len as usize];
-                dec.read_exact(&mut c)
-                    .await
-                    .context("reading the image config")?;
-                let d = format!("sha256:{}", hex::encode(Sha256::digest(&c)));
-                if d != plan.image_id {
-                    bail!(
-                        "integrity: the config received hashes to {d}, expected {}",
-                        plan.image_id
-                    );
-                }
-                config = Some(c);
+                config = Some(records::read_config(&mut dec, len, &plan.image_id).await?);
             }
             Record::Layer { diff_id, len } => {
                 check_wanted(&expected, &got, &diff_id)?;

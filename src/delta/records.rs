@@ -61,6 +61,26 @@ pub async fn write_config<W: AsyncWrite + Unpin>(w: &mut W, config: &[u8]) -> io
     w.write_all(config).await
 }
 
+/// Read a config record's `len` bytes (`read_header` bounds `len` by
+/// [`MAX_CONFIG`]) and check they hash to `expected`.
+pub async fn read_config<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len: u64,
+    expected: &str,
+) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    use sha2::Digest;
+    let mut c = vec![0u8; len as usize];
+    r.read_exact(&mut c)
+        .await
+        .context("reading the image config")?;
+    let d = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&c)));
+    if d != expected {
+        anyhow::bail!("integrity: the config received hashes to {d}, expected {expected}");
+    }
+    Ok(c)
+}
+
 /// Write a layer's header; its `len` bytes must follow.
 pub async fn write_layer_header<W: AsyncWrite + Unpin>(
     w: &mut W,
