@@ -205,6 +205,7 @@ async fn serve(
             image_id: p.image_id,
             diff_ids: p.diff_ids,
             manifest: p.manifest,
+            config: p.config,
         },
         None => loop {
             match session.next().await {
@@ -225,8 +226,15 @@ async fn serve(
             image_id,
             diff_ids,
             manifest,
+            config,
         } => {
-            let loaded = via_delta(session, &engine, &image_id, diff_ids, manifest).await?;
+            let offered = Offered {
+                config: &image_id,
+                diff_ids,
+                manifest,
+                config_json: config,
+            };
+            let loaded = via_delta(session, &engine, offered).await?;
             engine
                 .daemon
                 .tag(&loaded.id, &wanted.repository(), wanted.tag_or_latest())
@@ -244,13 +252,24 @@ async fn serve(
     Ok((loaded.id, far))
 }
 
-async fn via_delta(
-    session: &mut Session,
-    engine: &Engine,
-    config: &str,
+/// The image a delta plan offers.
+struct Offered<'a> {
+    /// Its config digest.
+    config: &'a str,
     diff_ids: Vec<String>,
+    /// The source's manifest, if the plan carries it.
     manifest: Option<String>,
-) -> Result<Loaded> {
+    /// Its config, if the plan carries it (the pusher's proof).
+    config_json: Option<String>,
+}
+
+async fn via_delta(session: &mut Session, engine: &Engine, offered: Offered<'_>) -> Result<Loaded> {
+    let Offered {
+        config,
+        diff_ids,
+        manifest,
+        config_json,
+    } = offered;
     if Digest::parse(config).is_none() || diff_ids.iter().any(|d| Digest::parse(d).is_none()) {
         bail!(PeerError::Refused(
             "the pusher's plan names malformed digests".into()
@@ -273,6 +292,29 @@ async fn via_delta(
         .context("learning what the far engine has")?;
     let mux = session.mux.clone();
     if let Some(loaded) = holding.image {
+        // The config in the plan proves the pusher holds the image; a plan
+        // without it (or with a wrong one) gets asked.
+        if let Some(proven) = config_json.map(|c| proof::plan(&c, config, &diff_ids)) {
+            match proven {
+                Ok(()) => {
+                    tracing::debug!("the config in the plan proves the pusher holds the image");
+                    mux.control(
+                        Message::Have {
+                            layers: diff_ids.len(),
+                            image: true,
+                            resume: Vec::new(),
+                            sizes: false,
+                            blobs: false,
+                            prove: false,
+                        }
+                        .to_bytes(),
+                    )
+                    .await;
+                    return Ok(loaded);
+                }
+                Err(e) => bail!(PeerError::Refused(format!("{e:#}"))),
+            }
+        }
         mux.control(
             Message::Have {
                 layers: diff_ids.len(),

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use crate::auth::Credentials;
 use crate::capture;
 use crate::delta::content::ContentStore;
+use crate::delta::proof;
 use crate::delta::send::{self, SendPlan, SendStats};
 use crate::delta::store::LocalStore;
 use crate::docker::Daemon;
@@ -282,11 +283,7 @@ async fn session(
         } else {
             vec![FEATURE_HEARTBEAT.into()]
         },
-        delta: layers.is_some().then(|| DeltaPlan {
-            image_id: src.local.config.clone(),
-            diff_ids: src.local.diff_ids.clone(),
-            manifest: plan_manifest(src),
-        }),
+        delta: layers.as_ref().map(|l| delta_plan(src, l)),
     };
     let mut stdin = t.stdin.take().context("transport stdin")?;
     let mut stdout = t.stdout.take().context("transport stdout")?;
@@ -348,11 +345,13 @@ async fn session(
         );
         // A far side that took the plan from our hello is already answering.
         if !peer.has(FEATURE_EARLY_PLAN) {
+            let p = delta_plan(src, &layers);
             mux.control(
                 Message::Delta {
-                    image_id: src.local.config.clone(),
-                    diff_ids: src.local.diff_ids.clone(),
-                    manifest: plan_manifest(src),
+                    image_id: p.image_id,
+                    diff_ids: p.diff_ids,
+                    manifest: p.manifest,
+                    config: p.config,
                 }
                 .to_bytes(),
             )
@@ -438,6 +437,32 @@ fn plan_manifest(src: &Source) -> Option<String> {
         .as_ref()
         .filter(|m| m.len() <= handshake::MAX_HELLO / 2)
         .and_then(|m| String::from_utf8(m.clone()).ok())
+}
+
+/// The delta plan: the image, its manifest where the far side may keep it,
+/// and its config where it is at hand (read from the local store), so that
+/// a far side holding the image needs nothing more ([`proof`]). What does
+/// not fit in a hello is left out, the config first.
+fn delta_plan<E>(src: &Source, layers: &Layers<E>) -> DeltaPlan {
+    let config = match (&layers.store, &layers.content) {
+        (Some(s), _) => proof::for_plan(s.config()),
+        (None, Some(c)) => proof::for_plan(c.config()),
+        (None, None) => None,
+    };
+    let mut plan = DeltaPlan {
+        image_id: src.local.config.clone(),
+        diff_ids: src.local.diff_ids.clone(),
+        manifest: plan_manifest(src),
+        config,
+    };
+    // The rest of the hello is well under 4 KiB.
+    let fits = |p: &DeltaPlan| {
+        serde_json::to_vec(p).map_or(usize::MAX, |v| v.len()) <= handshake::MAX_HELLO - 4096
+    };
+    if !fits(&plan) {
+        plan.config = None;
+    }
+    plan
 }
 
 /// A write into a stream failed because its other end is gone (the far

@@ -31,6 +31,7 @@ fn pusher_hello(image: &str) -> Vec<u8> {
             image_id: d('a'),
             diff_ids: vec![d('b')],
             manifest: None,
+            config: None,
         }),
     })
 }

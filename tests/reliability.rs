@@ -94,7 +94,8 @@ fn via_delta_from_an_engine_dos_cannot_read_is_a_usage_error() {
 }
 
 /// A pusher naming an image the far daemon has, without holding it, gets
-/// nothing tagged: the far side asks for the config that hashes to the ID.
+/// nothing tagged: the far side asks for the config that hashes to the ID
+/// (a plan without it), or refuses a plan carrying one that does not.
 #[test]
 fn the_far_side_tags_only_what_the_pusher_proves_it_holds() {
     let e = need_env!();
@@ -105,43 +106,52 @@ fn the_far_side_tags_only_what_the_pusher_proves_it_holds() {
         &["image", "inspect", "-f", "{{json .RootFS.Layers}}", &held],
     ))
     .unwrap();
-    let target = format!("{}:1", unique("stolen"));
-    // The pusher's hello, its plan naming the held image; then it stays
-    // silent when asked for the proof.
-    let hello = dos::protocol::handshake::Hello {
-        role: dos::protocol::handshake::Role::Push,
-        image: target.clone(),
-        release: "test".into(),
-        features: vec!["delta".into(), "heartbeat".into()],
-        delta: Some(dos::protocol::handshake::DeltaPlan {
-            image_id: id.clone(),
-            diff_ids: layers,
-            manifest: None,
-        }),
-    };
-    let mut child = dos_command(&e.peer, &["pull", "--allow", "stolen-*", &target])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    std::io::Write::write_all(&mut stdin, &dos::protocol::handshake::encode(&hello)).unwrap();
-    // The answer comes (the far side asks for the proof); then the pusher
-    // leaves without giving it.
-    let mut stdout = child.stdout.take().unwrap();
-    let mut buf = [0u8; 4096];
-    let n = stdout.read(&mut buf).unwrap();
-    assert!(n > 0);
-    drop(stdin);
-    let (code, err) = finish(child, Duration::from_secs(30));
-    eprintln!("{code:?} {err}");
-    assert_ne!(code, Some(0), "{err}");
-    assert_eq!(
-        image_id(&e.peer, &target),
-        None,
-        "tagged without proof: {err}"
-    );
+    // A config listing the layers, but not the one that hashes to the ID.
+    let forged = serde_json::json!({"rootfs": {"type": "layers", "diff_ids": layers}}).to_string();
+    for config in [None, Some(forged)] {
+        let forging = config.is_some();
+        let target = format!("{}:1", unique("stolen"));
+        let hello = dos::protocol::handshake::Hello {
+            role: dos::protocol::handshake::Role::Push,
+            image: target.clone(),
+            release: "test".into(),
+            features: vec!["delta".into(), "heartbeat".into()],
+            delta: Some(dos::protocol::handshake::DeltaPlan {
+                image_id: id.clone(),
+                diff_ids: layers.clone(),
+                manifest: None,
+                config,
+            }),
+        };
+        let mut child = dos_command(&e.peer, &["pull", "--allow", "stolen-*", &target])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut stdin, &dos::protocol::handshake::encode(&hello)).unwrap();
+        // The answer comes (the far side asks for the proof, or refuses);
+        // then the pusher leaves without giving it.
+        let mut stdout = child.stdout.take().unwrap();
+        let mut buf = [0u8; 4096];
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0);
+        if !forging {
+            drop(stdin);
+        }
+        let (code, err) = finish(child, Duration::from_secs(30));
+        eprintln!("{code:?} {err}");
+        assert_ne!(code, Some(0), "{err}");
+        if forging {
+            assert!(err.contains("the config in the pusher's plan hashes to"), "{err}");
+        }
+        assert_eq!(
+            image_id(&e.peer, &target),
+            None,
+            "tagged without proof: {err}"
+        );
+    }
     docker(&e.peer, &["rmi", &held]);
 }
 

@@ -5,8 +5,11 @@
 //! push `app:*`) would get that image tagged `app:…` without a byte of it
 //! crossing. So the far side asks for the image's config, which hashes to
 //! the config digest the plan names and lists the plan's layers, and tags
-//! only once it has checked both. The config travels as any delta does (a
-//! zstd stream of records) with no layer after it.
+//! only once it has checked both. The pusher carries the config in its
+//! plan where it has it at hand (read from the engine's store; see
+//! [`plan`]), so the check costs no round trip; otherwise the far side asks
+//! for it, and it travels as any delta does (a zstd stream of records) with
+//! no layer after it ([`check`]).
 
 use anyhow::{bail, Context, Result};
 use async_compression::tokio::bufread::ZstdDecoder;
@@ -34,9 +37,7 @@ pub async fn check<R: AsyncRead + Unpin>(
         {
             Record::Config { len } => {
                 let c = records::read_config(&mut dec, len, config).await?;
-                if layers_of(&c).as_deref() != Some(diff_ids) {
-                    bail!("the config the pusher sent does not list the layers its plan names");
-                }
+                lists(&c, diff_ids)?;
                 proven = true;
             }
             Record::Sizes { count } => {
@@ -52,6 +53,34 @@ pub async fn check<R: AsyncRead + Unpin>(
     }
     if !proven {
         bail!("the pusher ended its proof without the image config");
+    }
+    Ok(())
+}
+
+/// The largest config a plan carries: the hello it rides in is bounded
+/// ([`crate::protocol::handshake::MAX_HELLO`]); a larger one is asked for.
+pub const MAX_IN_PLAN: usize = 24 * 1024;
+
+/// The config to carry in a plan, if it fits.
+pub fn for_plan(config: &[u8]) -> Option<String> {
+    (config.len() <= MAX_IN_PLAN)
+        .then(|| String::from_utf8(config.to_vec()).ok())
+        .flatten()
+}
+
+/// Does the config a plan carried prove the image: does it hash to
+/// `config` and list `diff_ids`?
+pub fn plan(carried: &str, config: &str, diff_ids: &[String]) -> Result<()> {
+    let d = crate::engine::oci::sha256(carried.as_bytes());
+    if d != config {
+        bail!("the config in the pusher's plan hashes to {d}, not {config}");
+    }
+    lists(carried.as_bytes(), diff_ids)
+}
+
+fn lists(config: &[u8], diff_ids: &[String]) -> Result<()> {
+    if layers_of(config).as_deref() != Some(diff_ids) {
+        bail!("the config the pusher sent does not list the layers its plan names");
     }
     Ok(())
 }
@@ -111,5 +140,17 @@ mod tests {
         assert!(check(&empty[..], &digest(&c), &[D.to_string()])
             .await
             .is_err());
+    }
+
+    #[test]
+    fn a_config_carried_in_the_plan_proves_it_the_same_way() {
+        let c = format!(r#"{{"rootfs":{{"type":"layers","diff_ids":["{D}"]}}}}"#);
+        let d = digest(c.as_bytes());
+        plan(&c, &d, &[D.to_string()]).unwrap();
+        assert!(plan(&c, D, &[D.to_string()]).is_err());
+        assert!(plan(&c, &d, &[]).is_err());
+        assert!(plan(&format!("{c} "), &d, &[D.to_string()]).is_err());
+        assert_eq!(for_plan(c.as_bytes()).as_deref(), Some(c.as_str()));
+        assert_eq!(for_plan(&vec![b' '; MAX_IN_PLAN + 1]), None);
     }
 }

@@ -69,12 +69,11 @@ pub async fn read_config<R: AsyncRead + Unpin>(
     expected: &str,
 ) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context;
-    use sha2::Digest;
     let mut c = vec![0u8; len as usize];
     r.read_exact(&mut c)
         .await
         .context("reading the image config")?;
-    let d = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&c)));
+    let d = crate::engine::oci::sha256(&c);
     if d != expected {
         anyhow::bail!("integrity: the config received hashes to {d}, expected {expected}");
     }

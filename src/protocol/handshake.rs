@@ -62,6 +62,11 @@ pub struct DeltaPlan {
     /// by their manifest (see [`crate::protocol::message::Message::Delta`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<String>,
+    /// The image's config, where the pusher has it at hand and it is
+    /// small: a far side that holds the image takes it as the pusher's
+    /// proof ([`crate::delta::proof`]) without asking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
 }
 
 /// The side can send (push) or receive and load (pull) a layer delta.

@@ -25,6 +25,9 @@ pub enum Message {
         /// it as it is, so the image gets the same ID at both ends.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         manifest: Option<String>,
+        /// The image's config, as in [`crate::protocol::handshake::DeltaPlan`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        config: Option<String>,
     },
     /// The puller has the first `layers` layers' chains (and maybe the image),
     /// and the first bytes of some of the others in its resume spool.
