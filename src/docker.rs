@@ -34,10 +34,7 @@ pub struct Daemon {
 
 /// DOCKER_HOST, or the default socket.
 pub fn docker_host() -> String {
-    std::env::var("DOCKER_HOST")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
+    crate::settings::docker_host()
 }
 
 impl Daemon {
@@ -239,19 +236,10 @@ fn hint_unreachable_relay(e: anyhow::Error, name: &str) -> anyhow::Error {
 }
 
 fn tls_wanted(host: &str) -> bool {
-    host.starts_with("https://")
-        || std::env::var("DOCKER_TLS_VERIFY")
-            .map(|v| !v.is_empty() && v != "0")
-            .unwrap_or(false)
+    host.starts_with("https://") || crate::settings::docker_tls_verify()
 }
 
 fn cert_dir() -> Result<std::path::PathBuf> {
-    if let Ok(p) = std::env::var("DOCKER_CERT_PATH") {
-        if !p.is_empty() {
-            return Ok(p.into());
-        }
-    }
-    let home = std::env::var("HOME")
-        .context("DOCKER_TLS_VERIFY is set but neither DOCKER_CERT_PATH nor HOME is")?;
-    Ok(std::path::Path::new(&home).join(".docker"))
+    crate::settings::docker_cert_dir()
+        .context("DOCKER_TLS_VERIFY is set but neither DOCKER_CERT_PATH nor HOME is")
 }

@@ -16,11 +16,12 @@
 //!   store, Docker's containerd image store, podman), behind one interface.
 //! - [`docker`]: the Docker daemon API (bollard), connected like the docker CLI.
 //! - [`push`] / [`pull`]: the two commands.
-//! - [`setup`]: what the environment says (CI variables, DOCKER_HOST) and the push plan.
+//! - [`settings`]: every setting read from the environment, in one place.
+//! - [`setup`]: where a push runs (CI variables, DOCKER_HOST) and the push plan.
 //! - [`tunnel`]: exposing the registry to a daemon that can't reach our loopback (ngrok).
 //! - [`allow`]: the allow-list and ssh forced-command checks of a locked-down pull.
 //! - [`leftovers`]: temporary names an interrupted run must still remove.
-//! - [`mod@reference`], [`auth`], [`cache`], [`http`], [`progress`], [`signal`], [`stdio`], [`error`]: support.
+//! - [`mod@reference`], [`auth`], [`http`], [`progress`], [`signal`], [`stdio`], [`error`]: support.
 //! - [`cli`]: the command-line definition.
 //!
 //! Nothing in this library prints to stdout: on the far side stdout is the
@@ -28,7 +29,6 @@
 
 pub mod allow;
 pub mod auth;
-pub mod cache;
 pub mod capture;
 pub mod cli;
 pub mod delta;
@@ -45,6 +45,7 @@ pub mod pull;
 pub mod push;
 pub mod reference;
 pub mod registry;
+pub mod settings;
 pub mod setup;
 pub mod signal;
 pub mod stdio;

@@ -16,8 +16,9 @@ fn main() {
         .with_level(cli.verbose > 0)
         .without_time()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DOS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+            dos::settings::log_filter()
+                .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+                .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default)),
         )
         .init();
     // The far side is I/O and a light decoder: on one thread, no chunk is
@@ -67,9 +68,7 @@ fn main() {
                 dos::pull::pull(dos::pull::PullOptions {
                     image: a.image,
                     allow: dos::allow::AllowList::new(a.allow),
-                    original_command: std::env::var("SSH_ORIGINAL_COMMAND")
-                        .ok()
-                        .filter(|c| !c.is_empty()),
+                    original_command: dos::settings::ssh_original_command(),
                     idle: a.link.idle(),
                     hello: a.link.hello(),
                 })

@@ -129,7 +129,7 @@ impl fmt::Display for DockerHost {
 impl Environment {
     /// From this process's environment.
     pub fn from_process() -> Environment {
-        Environment::from_vars(|k| std::env::var(k).ok())
+        Environment::from_vars(crate::settings::var)
     }
 
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Environment {

@@ -103,32 +103,16 @@ impl Session {
     /// A session if capture can work here: the port is free, and the daemon
     /// is on this machine (it must reach our 127.0.0.1).
     pub async fn open(daemon: &Daemon, image: Image) -> Option<Session> {
-        let port = match std::env::var("DOS_CAPTURE_PORT") {
-            Ok(v) if !v.is_empty() => match v.parse::<u16>() {
-                Ok(0) => return None,
-                Ok(p) => p,
-                Err(_) => {
-                    tracing::warn!("DOS_CAPTURE_PORT={v:?} is not a port; capture is off");
-                    return None;
-                }
-            },
-            _ => DEFAULT_PORT,
-        };
-        let seed_mode = match std::env::var("DOS_CAPTURE_SEED").as_deref() {
-            Ok("always") => Seed::Always,
-            Ok("never") => Seed::Never,
-            Ok("auto") | Ok("") | Err(_) => Seed::Auto,
-            Ok(other) => {
-                tracing::warn!(
-                    "DOS_CAPTURE_SEED={other:?}: expected auto, always or never; using auto"
-                );
-                Seed::Auto
-            }
+        let port = crate::settings::capture_port(DEFAULT_PORT)?;
+        let seed_mode = match crate::settings::capture_seed() {
+            "always" => Seed::Always,
+            "never" => Seed::Never,
+            _ => Seed::Auto,
         };
         if !on_this_host(&daemon.host) {
             return None;
         }
-        let dir = crate::cache::dir()?.join("capture");
+        let dir = crate::settings::cache_dir()?.join("capture");
         let id = daemon.api.info().await.ok()?.id?;
         let listener = match TcpListener::bind(("127.0.0.1", port)).await {
             Ok(l) => l,

@@ -66,17 +66,10 @@ impl Spool {
     /// The spool the environment describes, or None when it's turned off or
     /// can't be used (then a warning says why).
     pub fn from_env() -> Option<Spool> {
-        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-        let max = size_var("DOS_SPOOL_MAX", DEFAULT_MAX, "the spool is off")?;
-        if max == 0 {
-            return None;
-        }
-        let fast =
-            size_var("DOS_SPOOL_FAST", DEFAULT_FAST, "using the default").unwrap_or(DEFAULT_FAST);
-        let dir = match var("DOS_SPOOL_DIR") {
-            Some(d) => PathBuf::from(d),
-            None => crate::cache::dir()?.join("spool"),
-        };
+        let settings = crate::settings::spool(DEFAULT_MAX, DEFAULT_FAST);
+        let max = settings.max.filter(|m| *m > 0)?;
+        let fast = settings.fast;
+        let dir = settings.dir?;
         match Spool::open(&dir, max) {
             Ok(s) => Some(Spool {
                 fast: (fast > 0).then_some(fast),
@@ -270,51 +263,12 @@ impl Entry {
     }
 }
 
-/// A size (`2G`, `500M`, `40M`) from the environment, `default` when unset;
-/// None, with a warning ending in `otherwise`, when it isn't a size.
-fn size_var(name: &str, default: u64, otherwise: &str) -> Option<u64> {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => {
-            let n = parse_size(&v);
-            if n.is_none() {
-                tracing::warn!("{name}={v:?} is not a size (e.g. 2G, 500M); {otherwise}");
-            }
-            n
-        }
-        _ => Some(default),
-    }
-}
-
-/// `1234`, `500K`, `2M`, `4G`, `1T` (binary multiples).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last()? {
-        (i, 'k' | 'K') => (&s[..i], 1u64 << 10),
-        (i, 'm' | 'M') => (&s[..i], 1 << 20),
-        (i, 'g' | 'G') => (&s[..i], 1 << 30),
-        (i, 't' | 'T') => (&s[..i], 1 << 40),
-        _ => (s, 1),
-    };
-    num.trim().parse::<u64>().ok()?.checked_mul(mult)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn id(c: char) -> String {
         format!("sha256:{}", c.to_string().repeat(64))
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("0"), Some(0));
-        assert_eq!(parse_size("512"), Some(512));
-        assert_eq!(parse_size("2G"), Some(2 << 30));
-        assert_eq!(parse_size("500m"), Some(500 << 20));
-        assert_eq!(parse_size("x"), None);
-        assert_eq!(parse_size(""), None);
-        assert_eq!(parse_size("99999999999T"), None);
     }
 
     #[test]

@@ -66,14 +66,7 @@ pub struct Layer {
 /// May a daemon's store be read directly (`DOS_READ_STORE`: `auto`, the
 /// default, or `never`)? Also asked for the containerd content store.
 pub fn allowed() -> bool {
-    match std::env::var("DOS_READ_STORE").as_deref() {
-        Ok("never") => false,
-        Ok("auto") | Ok("") | Err(_) => true,
-        Ok(other) => {
-            tracing::warn!("DOS_READ_STORE={other:?}: expected auto or never; using auto");
-            true
-        }
-    }
+    crate::settings::read_store()
 }
 
 impl LocalStore {
