@@ -144,7 +144,10 @@ fn the_far_side_tags_only_what_the_pusher_proves_it_holds() {
         eprintln!("{code:?} {err}");
         assert_ne!(code, Some(0), "{err}");
         if forging {
-            assert!(err.contains("the config in the pusher's plan hashes to"), "{err}");
+            assert!(
+                err.contains("the config in the pusher's plan hashes to"),
+                "{err}"
+            );
         }
         assert_eq!(
             image_id(&e.peer, &target),

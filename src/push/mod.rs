@@ -1,0 +1,314 @@
+//! `dos push IMAGE CMD...`: start CMD, agree with the far `dos pull` on a
+//! plan, and carry it out.
+//!
+//! - delta (both ends dos, classic image stores): stream only the layers the
+//!   far daemon lacks out of the local export;
+//! - registry: put the image in a registry on this machine and serve the far
+//!   daemon's `docker pull` through the gated relay.
+//!
+//! Here: the options, the session and its handshake. [`delta`] and
+//! [`registry`] drive the two plans; [`outcome`] reads what the far side
+//! and the transport said into the user's error.
+
+mod delta;
+mod options;
+mod outcome;
+mod registry;
+mod source;
+
+pub use options::{PushOptions, PushReport, DEFAULT_HELLO, DEFAULT_IDLE};
+use source::Source;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncRead, AsyncWriteExt};
+
+use crate::capture;
+use crate::delta::content::ContentStore;
+use crate::delta::send;
+use crate::delta::store::LocalStore;
+use crate::docker::Daemon;
+use crate::engine::Engine;
+use crate::error::{PeerError, SetupError};
+use crate::mux::{self, Liveness, Side};
+use crate::progress::Progress;
+use crate::protocol::handshake::{
+    self, HandshakeError, Hello, Role, FEATURE_DELTA, FEATURE_EARLY_PLAN, FEATURE_HEARTBEAT,
+};
+use crate::protocol::message::Message;
+use crate::reference::ImageRef;
+pub use crate::setup::Via;
+use crate::setup::{Exposure, Plan};
+use crate::transport::Transport;
+
+use delta::{delta_plan, drive_delta, Layers};
+use outcome::{cut_off, explain, is_peer_word, same_image};
+use registry::drive_registry;
+
+/// The engine lines of `dos push --explain`: the local engine (asked, as
+/// nothing else is started) and how the far one is learnt.
+pub async fn explain_engines(opts: &PushOptions) -> String {
+    let local = match &opts.docker_host {
+        Some(h) => Engine::connect_to(h).await,
+        None => Engine::connect().await,
+    };
+    let here = match local {
+        Ok(e) => format!("engine here: {e}; layers are read {}", e.reading()),
+        Err(e) => format!("engine here: unknown ({e:#})"),
+    };
+    format!(
+        "{here}\nengine there: the far dos detects its own (Docker's classic or containerd image store, or podman) and names it when the session starts (dos push -v) and in its report\n"
+    )
+}
+
+/// Push as `opts` says. Ctrl-C, SIGTERM or SIGHUP end it wherever it is;
+/// the temporary names made so far are removed before it returns (a second
+/// signal cuts that short), and the error is [`crate::error::Interrupted`].
+pub async fn push(opts: PushOptions) -> Result<PushReport> {
+    crate::signal::run_interruptible(run(opts)).await
+}
+
+async fn run(opts: PushOptions) -> Result<PushReport> {
+    let image = ImageRef::parse(&opts.image)?;
+    if opts.command.is_empty() {
+        bail!("no transport command given (e.g. dos push app:1 ssh host dos pull app:1)");
+    }
+    let plan = opts.plan();
+    if let Some(why) = plan.blocked() {
+        bail!(SetupError(format!("not pushing: {why}")));
+    }
+    // The image must exist before anything is started or tagged.
+    let engine = match &opts.docker_host {
+        Some(h) => Engine::connect_to(h).await?,
+        None => Engine::connect().await?,
+    };
+    let daemon = engine.daemon.clone();
+    // The delta path is possible unless the user chose otherwise (a service
+    // registry keeps the registry path, as in the original tool) or the
+    // local engine's layers can't be read one by one.
+    let delta_wanted = plan.try_delta;
+    let delta_possible = delta_wanted && engine.reads_layers();
+    if opts.via == Via::Delta && !delta_possible {
+        bail!(SetupError(format!(
+            "--via delta: dos does not read layers out of {engine}; use --via registry"
+        )));
+    }
+    daemon.inspect(&opts.image).await?;
+    tracing::debug!("local engine: {engine}");
+    let mut transport = Transport::spawn(&opts.command)?;
+    // While the transport connects: what the transfer needs to know of the
+    // image (on a containerd store, its manifest, through a push).
+    let local = match engine.image(&opts.image).await {
+        Ok(l) => l,
+        Err(e) => {
+            transport.finish(Duration::ZERO).await;
+            return Err(e);
+        }
+    };
+    let src = Source {
+        image,
+        image_str: opts.image.clone(),
+        local,
+        engine: engine.clone(),
+    };
+
+    // Export alone where the classic store's faster readers don't apply.
+    let classic_readers = delta_possible && engine.classic_readers();
+    // While ssh connects: can the layers be read straight out of the
+    // daemon's store (as root, on its machine)? Then neither `docker save`
+    // nor the capture registry is needed.
+    let store = if classic_readers {
+        LocalStore::open(&daemon, &src.local.id, &src.local.diff_ids).await
+    } else {
+        None
+    };
+    // If not: can the daemon hand over just the new layers (capture), and
+    // is this image mostly known to it, so that its push should start now?
+    let mut capture = None;
+    let mut pushing_early = false;
+    if classic_readers && store.is_none() {
+        let image = capture::Image {
+            id: src.local.id.clone(),
+            diff_ids: src.local.diff_ids.clone(),
+            size: src.local.size,
+        };
+        capture = capture::Session::open(&daemon, image).await;
+        if let Some(c) = capture.as_mut() {
+            pushing_early = c.start_early();
+        }
+    }
+    // An image the daemon's push does not mostly know, and its store can't
+    // give, will be read with `docker save` unless the far side has it all:
+    // start the export now, so that its preparation overlaps ssh
+    // connecting. Otherwise the request waits for the far side's answer (and
+    // is only made if `docker save` is the way).
+    // An image the local engine names by its manifest (the containerd
+    // store) is read out of its content store where this process can.
+    let content = match &src.local.manifest {
+        Some(_) if delta_possible => ContentStore::open(&daemon, &src.local.config).await,
+        _ => None,
+    };
+    let early = !pushing_early && store.is_none() && content.is_none();
+    let layers = delta_possible.then(|| Layers {
+        export: send::start_export(&daemon, &src.local.id, early),
+        store,
+        content,
+    });
+    let result = session(
+        &mut transport,
+        &src,
+        &daemon,
+        layers,
+        &mut capture,
+        &opts,
+        &plan,
+    )
+    .await;
+    let grace = Duration::from_secs(if result.is_ok() { 2 } else { 0 });
+    // A command that never said hello is stopped at once: it was waited on
+    // long enough.
+    let silent = matches!(
+        result
+            .as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<HandshakeError>()),
+        Some(HandshakeError::Silent { .. })
+    );
+    let wait = Duration::from_secs(if silent { 0 } else { 5 });
+    let ((status, stderr), ()) = tokio::join!(transport.finish(wait), async {
+        if let Some(c) = capture {
+            c.finish(grace).await
+        }
+    });
+    let report = result.map_err(|e| explain(e, status, &stderr, &opts.command))?;
+    Ok(report)
+}
+
+async fn session(
+    t: &mut Transport,
+    src: &Source,
+    daemon: &Daemon,
+    layers: Option<Layers<impl AsyncRead + Send + Unpin + 'static>>,
+    capture: &mut Option<capture::Session>,
+    opts: &PushOptions,
+    plan: &Plan,
+) -> Result<PushReport> {
+    let hello = Hello {
+        role: Role::Push,
+        image: src.image_str.clone(),
+        release: env!("CARGO_PKG_VERSION").into(),
+        features: if layers.is_some() {
+            vec![FEATURE_DELTA.into(), FEATURE_HEARTBEAT.into()]
+        } else {
+            vec![FEATURE_HEARTBEAT.into()]
+        },
+        delta: layers.as_ref().map(|l| delta_plan(src, l)),
+    };
+    let mut stdin = t.stdin.take().context("transport stdin")?;
+    let mut stdout = t.stdout.take().context("transport stdout")?;
+    // Our hello goes first; a far side that isn't dos just won't read it.
+    let _ = async {
+        stdin.write_all(&handshake::encode(&hello)).await?;
+        stdin.flush().await
+    }
+    .await;
+    let (peer, leftover) = handshake::read_within(&mut stdout, opts.hello).await?;
+    if peer.role != Role::Pull {
+        bail!(PeerError::Refused("the far side is not a dos pull".into()));
+    }
+    let wanted = ImageRef::parse(&peer.image)
+        .map_err(|e| PeerError::Refused(format!("the far side asked for an invalid image: {e}")))?;
+    if !wanted.same_as(&src.image) {
+        bail!(PeerError::Refused(format!(
+            "this side offers {} but the far side asked for {}",
+            src.image_str, peer.image
+        )));
+    }
+    tracing::debug!(release = %peer.release, features = ?peer.features, "far dos ready");
+    let use_delta = layers.is_some() && peer.has(FEATURE_DELTA);
+    if opts.via == Via::Delta && !use_delta {
+        bail!(PeerError::Refused(
+            "--via delta: the far dos can't receive a delta (it is an older dos, or its daemon is unreachable)".into()
+        ));
+    }
+    if !use_delta {
+        if !plan.registry_allowed {
+            bail!(PeerError::Refused(
+                "the far dos can't receive a delta and the registry path is not allowed here"
+                    .into()
+            ));
+        }
+        if let Exposure::Unreachable(why) = &plan.exposure {
+            bail!(SetupError(format!(
+                "the far dos can't receive a delta, and the registry path can't work: {why}"
+            )));
+        }
+    }
+
+    let liveness = Liveness::with_peer(peer.has(FEATURE_HEARTBEAT), opts.idle);
+    let mut session = mux::start(stdout, leftover, stdin, Side::Listener, liveness);
+    let mux = session.mux.clone();
+    let started = std::time::Instant::now();
+    let m = mux.clone();
+    let progress = Progress::start(
+        "transfer",
+        Arc::new(move || {
+            let (o, i) = m.wire_bytes();
+            o + i
+        }),
+    );
+    let result = if let (true, Some(layers)) = (use_delta, layers) {
+        tracing::info!(
+            "dos: sending {} (only the layers the far side lacks)",
+            src.image_str
+        );
+        // A far side that took the plan from our hello is already answering.
+        if !peer.has(FEATURE_EARLY_PLAN) {
+            let p = delta_plan(src, &layers);
+            mux.control(
+                Message::Delta {
+                    image_id: p.image_id,
+                    diff_ids: p.diff_ids,
+                    manifest: p.manifest,
+                    config: p.config,
+                }
+                .to_bytes(),
+            )
+            .await;
+        }
+        drive_delta(&mut session, src, layers, capture).await
+    } else {
+        drive_registry(&mut session, src, daemon, opts, plan).await
+    };
+    // A write cut off because the transport ended is the lost link,
+    // whichever end noticed first: the session recorded why it ended.
+    let result = result.map_err(|e| match session.ended() {
+        Some(why) if cut_off(&e) && !is_peer_word(&e) => {
+            anyhow::Error::new(PeerError::lost(why)).context(format!("{e:#}"))
+        }
+        _ => e,
+    });
+    progress.finish(if result.is_ok() { "done" } else { "failed" });
+    // Flush and close our half; bounded, as a dead link never drains. After
+    // a failure there is nothing left worth waiting for.
+    let grace = Duration::from_secs(if result.is_ok() { 10 } else { 1 });
+    let _ = tokio::time::timeout(grace, mux.shutdown()).await;
+    let ((far_id, far), stats) = result?;
+    let local_id = same_image(src, &far_id, far.as_ref())?;
+    let (wire_out, wire_in) = mux.wire_bytes();
+    Ok(PushReport {
+        image_id: far_id,
+        local_id,
+        local_engine: src.engine.to_string(),
+        far_engine: far.map(|f| f.engine),
+        path: if use_delta { "delta" } else { "registry" },
+        wire_out,
+        wire_in,
+        elapsed: started.elapsed(),
+        layers_sent: stats.as_ref().map_or(0, |s| s.layers_sent),
+        layers_present: stats.as_ref().map_or(0, |s| s.layers_skipped),
+        source: stats.as_ref().map(|s| s.source),
+    })
+}

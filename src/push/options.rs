@@ -1,0 +1,85 @@
+//! What a push is asked to do, and what it reports.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::setup::Via;
+use crate::setup::{Environment, Exposure, Plan};
+use crate::tunnel::Tunnel;
+
+pub struct PushOptions {
+    pub image: String,
+    pub command: Vec<String>,
+    /// Use the registry already listening on 127.0.0.1:PORT.
+    pub registry_port: Option<u16>,
+    pub via: Via,
+    /// What the environment says (CI variables, DOCKER_HOST).
+    pub env: Environment,
+    /// The local daemon; None: DOCKER_HOST as the docker CLI reads it.
+    pub docker_host: Option<String>,
+    /// Expose the registry through this instead of what the environment
+    /// asks for (the tests use a [`crate::tunnel::guarded::Guarded`] endpoint).
+    pub tunnel: Option<Arc<dyn Tunnel>>,
+    /// Give up when nothing arrives from the far side for this long (the far
+    /// dos sends heartbeats, so silence means the link is gone).
+    pub idle: Duration,
+    /// Give up when the far dos has not said hello after this long.
+    pub hello: Duration,
+}
+
+/// How long the far side's hello is waited for: ssh connecting and a
+/// password typed at its prompt fit; a host that hangs is named in a minute.
+pub const DEFAULT_HELLO: Duration = Duration::from_secs(60);
+
+/// The default idle limit: long enough for a congested mobile link, short
+/// enough that a dead one is noticed while the user still watches.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(30);
+
+impl PushOptions {
+    pub fn new(image: impl Into<String>, command: Vec<String>) -> PushOptions {
+        PushOptions {
+            image: image.into(),
+            command,
+            registry_port: None,
+            via: Via::Auto,
+            env: Environment::from_process(),
+            docker_host: None,
+            tunnel: None,
+            idle: DEFAULT_IDLE,
+            hello: DEFAULT_HELLO,
+        }
+    }
+
+    /// What this push will do, and why.
+    pub fn plan(&self) -> Plan {
+        let mut plan = Plan::new(&self.env, self.via, self.registry_port);
+        if let Some(t) = &self.tunnel {
+            plan.exposure = Exposure::Tunnel(t.name());
+        }
+        plan
+    }
+}
+
+/// What a successful push did.
+#[derive(Debug)]
+pub struct PushReport {
+    /// The image's ID on the far engine.
+    pub image_id: String,
+    /// Its ID here, where the far engine names images another way (the
+    /// config digest and the layers are the same on both).
+    pub local_id: Option<String>,
+    /// The engines at both ends (the far one as it says, when it does).
+    pub local_engine: String,
+    pub far_engine: Option<String>,
+    /// "delta" or "registry".
+    pub path: &'static str,
+    /// Bytes written to and read from the transport.
+    pub wire_out: u64,
+    pub wire_in: u64,
+    pub elapsed: Duration,
+    /// Delta only: layers sent / already on the far side.
+    pub layers_sent: usize,
+    pub layers_present: usize,
+    /// Delta only: how the layers were read from the local daemon.
+    pub source: Option<&'static str>,
+}
