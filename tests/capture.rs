@@ -9,15 +9,6 @@ use std::path::Path;
 
 use common::*;
 
-/// A port nothing listens on now (the capture port must be fixed per run).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn push(e: &Env, image: &str, port: u16, cache: &Path) -> (String, u64) {
     let pull = format!("dos pull {image}");
     let port = port.to_string();

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+const EXIT_OTHER: i32 = 1;
 const EXIT_USAGE: i32 = 2;
 const EXIT_TRANSPORT: i32 = 4;
 const EXIT_FAR_SIDE: i32 = 5;
@@ -82,6 +83,43 @@ fn usage_errors_exit_2() {
             stderr(&out)
         );
     }
+}
+
+/// The table's row for 1: a failure of this side that is none of the
+/// others. The registry the user names (`--registry-port`) is not there, so
+/// the local daemon's push into it fails: named, nothing left behind.
+#[test]
+fn a_failure_of_no_other_kind_exits_1_and_leaves_nothing() {
+    let e = need_env!();
+    let repo = unique("exit-one");
+    let image = format!("{repo}:1");
+    build_image(&e.local, &image, fresh_seed(), 1024, "x\n");
+    let port = free_port().to_string();
+    let far = format!("env DOCKER_HOST={} dos pull {image}", e.peer);
+    let out = dos(
+        &e.local,
+        &[
+            "push",
+            "--via",
+            "registry",
+            "--registry-port",
+            &port,
+            &image,
+            "sh",
+            "-c",
+            &far,
+        ],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_OTHER), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert_eq!(
+        loopback_names(&e.local, &repo),
+        Vec::<String>::new(),
+        "{err}"
+    );
+    assert_eq!(image_id(&e.peer, &image), None, "{err}");
+    docker(&e.local, &["rmi", &image]);
 }
 
 #[test]

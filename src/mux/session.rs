@@ -45,4 +45,3 @@ impl Session {
             .unwrap_or_else(|| "the session ended".to_string())
     }
 }
-

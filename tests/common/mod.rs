@@ -337,6 +337,16 @@ pub fn link_bytes(e: &Env) -> u64 {
     read("tx_bytes") + read("rx_bytes")
 }
 
+/// A port nothing listens on now, found by binding port 0 (for a port that
+/// must be named before it is used, or one where nothing must answer).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A name unique to this test run.
 pub fn unique(name: &str) -> String {
     format!("{name}-{}", std::process::id())
