@@ -21,7 +21,7 @@
 //! - [`tunnel`]: exposing the registry to a daemon that can't reach our loopback (ngrok).
 //! - [`allow`]: the allow-list and ssh forced-command checks of a locked-down pull.
 //! - [`leftovers`]: temporary names an interrupted run must still remove.
-//! - [`mod@reference`], [`auth`], [`http`], [`progress`], [`signal`], [`stdio`], [`error`]: support.
+//! - [`mod@reference`], [`auth`], [`http`], [`progress`], [`signal`], [`stdio`], [`tarstream`], [`error`]: support.
 //! - [`cli`]: the command-line definition.
 //!
 //! Nothing in this library prints to stdout: on the far side stdout is the
@@ -49,6 +49,7 @@ pub mod settings;
 pub mod setup;
 pub mod signal;
 pub mod stdio;
+pub mod tarstream;
 pub mod transport;
 pub mod tunnel;
 pub mod upstream;

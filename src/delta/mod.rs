@@ -6,7 +6,6 @@
 //! - [`chain`]: diffIDs, chainIDs, and recognising layers in an export.
 //! - [`adaptive`]: zstd at a level that follows the link.
 //! - [`records`]: the framing inside the compressed stream.
-//! - [`tarstream`]: streaming tar read/write.
 //! - [`spool`]: the far side's resume spool.
 //! - [`unpack`]: compressed layer blobs back to tars, checked as they come.
 //! - [`store`]: layers read straight out of the local daemon's store.
@@ -22,5 +21,4 @@ pub mod records;
 pub mod send;
 pub mod spool;
 pub mod store;
-pub mod tarstream;
 pub mod unpack;

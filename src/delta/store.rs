@@ -374,7 +374,7 @@ pub(crate) mod fixture {
     use super::*;
     use std::io::Write;
 
-    use crate::delta::tarstream;
+    use crate::tarstream;
 
     /// A tar of `files`, and the tar-split record the daemon would keep
     /// for it.

@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 
 use super::oci::{self, Manifest};
 use super::{longest_prefix, probe, Engine, Holding, Loaded};
-use crate::delta::tarstream;
 use crate::registry::client::Client;
+use crate::tarstream;
 
 /// Full matches (same layers, maybe another config) probed at most, looking
 /// for the image itself.

@@ -10,9 +10,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::delta::spool::{self, Entry};
-use crate::delta::tarstream;
 use crate::delta::unpack::{Hashing, Unpack};
 use crate::engine::Compression;
+use crate::tarstream;
 
 use super::archive::layer_entry;
 use super::plan::{ReceivePlan, CHUNK};

@@ -27,9 +27,9 @@ use tokio::sync::mpsc;
 
 use super::adaptive::WINDOW_LOG;
 use super::records::{self, Record};
-use super::tarstream;
 use crate::docker::Daemon;
 use crate::engine::Layout;
+use crate::tarstream;
 
 mod archive;
 mod layer;
@@ -177,8 +177,8 @@ async fn load(daemon: Daemon, rx: mpsc::Receiver<io::Result<Bytes>>) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delta::tarstream::TarReader;
     use crate::engine::oci::{self, Descriptor, Manifest};
+    use crate::tarstream::TarReader;
     use std::io::Write;
 
     fn gzip(b: &[u8]) -> Vec<u8> {

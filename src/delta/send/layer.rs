@@ -11,9 +11,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 
 use crate::delta::records;
-use crate::delta::tarstream::TarReader;
 use crate::delta::unpack::{Hashing, Unpack};
 use crate::engine::Packed;
+use crate::tarstream::TarReader;
 
 use super::plan::{SendPlan, CHUNK};
 

@@ -311,7 +311,7 @@ mod tests {
 
     use crate::delta::records::Record;
     use crate::delta::store::fixture;
-    use crate::delta::tarstream;
+    use crate::tarstream;
 
     /// Send one layer from a fixture store (falling back to an OCI-style
     /// export holding the same layer), and read the stream back.

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::delta::adaptive::AdaptiveZstd;
 use crate::delta::chain::{chain_ids, identify_v1_dir};
 use crate::delta::records;
-use crate::delta::tarstream::TarReader;
+use crate::tarstream::TarReader;
 
 use super::layer::{
     copy_entry, is_hex64, resume_offset, send_file, spool_layer, stream_layer, unpack_layer,
