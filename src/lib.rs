@@ -6,6 +6,7 @@
 //! - [`transport`]: the user's command (ssh …) whose stdio carries the protocol.
 //! - [`registry`]: the embedded OCI registry (paths, storage, HTTP).
 //! - [`gate`]: what a relay stream may ask of the registry, checked on the pushing side.
+//! - [`relay`]: the far side's end of the relay: the daemon's pull, its blobs kept in the resume spool.
 //! - [`upstream`]: forwarding to the registry on 127.0.0.1 (for the gate and the tunnel).
 //! - [`delta`]: the default path between two dos: what the far daemon has,
 //!   the missing layers (read out of the local daemon's store or export) as
@@ -45,6 +46,7 @@ pub mod pull;
 pub mod push;
 pub mod reference;
 pub mod registry;
+pub mod relay;
 pub mod settings;
 pub mod setup;
 pub mod signal;

@@ -26,6 +26,7 @@ use crate::protocol::message::{FarImage, Message, Offer, Resume};
 use crate::reference::ImageRef;
 use crate::registry::client::Client;
 use crate::registry::path::{valid_name, Digest};
+use crate::relay::Relay;
 
 pub struct PullOptions {
     /// The image to receive. None: the one SSH_ORIGINAL_COMMAND names (an
@@ -443,24 +444,14 @@ async fn via_registry(
         .await
         .context("binding the relay to 127.0.0.1")?;
     let addr = listener.local_addr()?;
-    let accept_mux = mux.clone();
-    let acceptor = tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            let _ = sock.set_nodelay(true);
-            match accept_mux.open().await {
-                Ok(stream) => {
-                    accept_mux.attach(stream, sock);
-                }
-                Err(e) => tracing::warn!("relay: {e}"),
-            }
-        }
-    });
-
     let source = format!("{addr}/{}", offer.repository);
     let creds = Credentials {
         username: offer.username.clone(),
         password: offer.password.clone(),
     };
+    // The daemon's pull goes through the relay, its blobs into the spool.
+    let relay = Relay::new(mux.clone(), creds.clone());
+    let acceptor = relay.serve(listener);
     tracing::info!("dos: pulling {wanted_str} through the relay");
     let daemon = &engine.daemon;
     let pulled_ref = format!("{source}@{}", offer.manifest);
@@ -497,6 +488,7 @@ async fn via_registry(
         daemon
             .tag(&id, &wanted.repository(), wanted.tag_or_latest())
             .await?;
+        relay.loaded();
         let diff_ids = got.root_fs.and_then(|r| r.layers).unwrap_or_default();
         Ok(Loaded { id, diff_ids })
     }

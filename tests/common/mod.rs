@@ -293,6 +293,36 @@ pub fn running(pattern: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Sockets a dos process listens on in this network namespace, as `ss`
+/// lists them.
+pub fn dos_listening() -> Vec<String> {
+    let out = Command::new("ss")
+        .args(["-ltnpH"])
+        .output()
+        .expect("running ss");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("((\"dos\","))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// Is any dos process (by its name, not its arguments) alive? A zombie
+/// (exited, its parent not yet told) does not count.
+pub fn dos_running() -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+        // "PID (COMM) STATE …"
+        match stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") ")) {
+            Some((comm, rest)) => comm == "dos" && !rest.starts_with('Z'),
+            None => false,
+        }
+    })
+}
+
 /// "… (via delta; N bytes sent, …)": the bytes the pusher wrote to the transport.
 pub fn bytes_sent(stderr: &str) -> u64 {
     let at = stderr
