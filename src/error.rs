@@ -69,7 +69,12 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if cause.is::<SetupError>() || cause.is::<crate::reference::InvalidReference>() {
             return 2;
         }
-        if cause.is::<DaemonError>() {
+        // A stream's reader sees the daemon's failure inside an io::Error
+        // (whose source() skips it).
+        let inner = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+        if cause.is::<DaemonError>() || inner.is_some_and(|i| i.is::<DaemonError>()) {
             return 3;
         }
         if let Some(p) = cause.downcast_ref::<PeerError>() {
@@ -83,4 +88,21 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         }
     }
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_local_daemon_lost_inside_a_stream_is_3() {
+        let lost = DaemonError::Unreachable {
+            host: "unix:///x.sock".into(),
+            cause: "its export of the image broke off".into(),
+        };
+        let e = anyhow::Error::new(std::io::Error::other(lost)).context("reading the image export");
+        assert_eq!(exit_code(&e), 3);
+        let other = anyhow::Error::new(std::io::Error::other("disk")).context("writing");
+        assert_eq!(exit_code(&other), 1);
+    }
 }

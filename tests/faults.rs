@@ -1,6 +1,7 @@
 //! Faults, as figures: the transport killed at 10 %, 50 % and 90 % of a
 //! transfer on both paths, a byte flipped at three places, the far disk
-//! full, the local daemon restarted mid-push, and twenty pushes in a row
+//! full, the local daemon restarted mid-push (read from its store, and by
+//! `docker save`), and twenty pushes in a row
 //! alternating interruptions and reruns. After each: no temporary name on
 //! either daemon, no half image, no temp file, no process left, the spool
 //! within its bound; after an interruption, on either path, the rerun
@@ -50,6 +51,19 @@ impl Bed {
 
     /// `dos push [FLAGS] IMAGE` through the pipe to `far_host`'s dos pull.
     fn start(&self, host: &str, far_host: &str, flags: &[&str], image: &str, pipe: &str) -> Child {
+        self.start_with(&[], host, far_host, flags, image, pipe)
+    }
+
+    /// The same, with `vars` in the pusher's environment.
+    fn start_with(
+        &self,
+        vars: &[(&str, &str)],
+        host: &str,
+        far_host: &str,
+        flags: &[&str],
+        image: &str,
+        pipe: &str,
+    ) -> Child {
         let _ = std::fs::remove_file(&self.count);
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/pipe.py");
         let far = format!(
@@ -65,6 +79,7 @@ impl Bed {
         args.extend_from_slice(flags);
         args.extend([image, "sh", "-c", &far]);
         dos_command(host, &args)
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -345,12 +360,20 @@ fn faults_as_figures() {
     }
 
     // The local daemon restarted mid-push (its own daemon, no other test
-    // uses it): the push fails or finishes, and never leaves anything.
-    {
+    // uses it): the push fails or finishes, and never leaves anything. Once
+    // with the layers read out of its store (as root), once through
+    // `docker save` (as a user who can't read the store).
+    for (how, vars) in [
+        ("", &[][..]),
+        (
+            ", reading by docker save",
+            &[("DOS_READ_STORE", "never")][..],
+        ),
+    ] {
         let rst = std::env::var("DOS_TEST_RESTARTABLE").expect("DOS_TEST_RESTARTABLE");
         let img = format!("{}:1", unique("faults-restart"));
         let img_id = build_image(&rst, &img, fresh_seed(), LAYER, "restart\n");
-        let push = bed.start(&rst, &e.peer, &[], &img, &format!("--rate {RATE}"));
+        let push = bed.start_with(vars, &rst, &e.peer, &[], &img, &format!("--rate {RATE}"));
         let started = Instant::now();
         while bed.relayed() < LAYER as u64 / 3 {
             assert!(started.elapsed() < Duration::from_secs(60));
@@ -364,10 +387,12 @@ fn faults_as_figures() {
             .unwrap();
         assert!(restarted.success());
         let (code, err) = finish(push, Duration::from_secs(120));
+        // Done, or the local daemon lost (3).
+        assert!(matches!(code, Some(0 | 3)), "restarted{how}: {err}");
         let arrived = bed.spooled();
         let (left, rerun_fig) = if code == Some(0) {
-            // Read out of the daemon's store as root, the layer needs no
-            // daemon once the transfer has begun.
+            // Read out of the daemon's store, the layer needs no daemon
+            // once the transfer has begun.
             assert_eq!(
                 image_id(&e.peer, &img).as_deref(),
                 Some(img_id.as_str()),
@@ -377,28 +402,32 @@ fn faults_as_figures() {
         } else {
             let left = left_behind(&[&rst, &e.peer], &img, &img_id, &bed);
             assert_eq!(left, "nothing", "{err}");
-            (
-                left,
-                Some(rerun(
-                    &rst,
-                    &e.peer,
-                    &[],
-                    &img,
-                    &img_id,
-                    &bed,
-                    arrived,
-                    besides_delta,
-                )),
-            )
+            let (sent, share) = rerun(
+                &rst,
+                &e.peer,
+                &[],
+                &img,
+                &img_id,
+                &bed,
+                arrived,
+                besides_delta,
+            );
+            assert!(
+                share < 0.15,
+                "restarted{how}: the rerun resent {:.1} % of the {arrived} bytes that had arrived",
+                share * 100.0
+            );
+            (left, Some((sent, share)))
         };
         rows.push(Row {
-            fault: "the local daemon restarted a third of the way".into(),
+            fault: format!("the local daemon restarted a third of the way{how}"),
             exit: code,
             left,
             arrived,
             rerun: rerun_fig,
         });
         docker(&e.peer, &["rmi", &img]);
+        docker(&rst, &["rmi", &img]);
     }
 
     // Twenty pushes in a row: interrupted at 50 %, rerun, ten times.

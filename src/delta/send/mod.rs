@@ -25,7 +25,7 @@ use super::content::ContentStore;
 use super::records;
 use super::store::LocalStore;
 use crate::capture::Captured;
-use crate::docker::Daemon;
+use crate::docker::{Daemon, DaemonError};
 use crate::engine::oci::Descriptor;
 use crate::engine::{Compression, Packed};
 
@@ -50,12 +50,16 @@ pub fn start_export(
     image_id: &str,
     now: bool,
 ) -> Box<dyn AsyncRead + Send + Unpin + 'static> {
-    let mut stream: Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>> = Box::pin(
-        daemon
-            .api
-            .export_image(image_id)
-            .map_err(|e| io::Error::other(format!("exporting the image: {e}"))),
-    );
+    // The daemon broke off its export (it stopped, it restarted): that is
+    // the local daemon lost, whatever the reader makes of it.
+    let host = daemon.host.clone();
+    let mut stream: Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>> =
+        Box::pin(daemon.api.export_image(image_id).map_err(move |e| {
+            io::Error::other(DaemonError::Unreachable {
+                host: host.clone(),
+                cause: format!("its export of the image broke off: {e}"),
+            })
+        }));
     if !now {
         return Box::new(tokio_util::io::StreamReader::new(stream));
     }
