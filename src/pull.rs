@@ -294,28 +294,12 @@ async fn via_delta(session: &mut Session, engine: &Engine, offered: Offered<'_>)
     let mux = session.mux.clone();
     if let Some(loaded) = holding.image {
         // The config in the plan proves the pusher holds the image; a plan
-        // without it (or with a wrong one) gets asked.
-        if let Some(proven) = config_json.map(|c| proof::plan(&c, config, &diff_ids)) {
-            match proven {
-                Ok(()) => {
-                    tracing::debug!("the config in the plan proves the pusher holds the image");
-                    mux.control(
-                        Message::Have {
-                            layers: diff_ids.len(),
-                            image: true,
-                            resume: Vec::new(),
-                            sizes: false,
-                            blobs: false,
-                            prove: false,
-                        }
-                        .to_bytes(),
-                    )
-                    .await;
-                    return Ok(loaded);
-                }
-                Err(e) => bail!(PeerError::Refused(format!("{e:#}"))),
-            }
-        }
+        // without it gets asked, one with a wrong one is refused.
+        let proven = match config_json.map(|c| proof::plan(&c, config, &diff_ids)) {
+            Some(Err(e)) => bail!(PeerError::Refused(format!("{e:#}"))),
+            Some(Ok(())) => true,
+            None => false,
+        };
         mux.control(
             Message::Have {
                 layers: diff_ids.len(),
@@ -323,11 +307,15 @@ async fn via_delta(session: &mut Session, engine: &Engine, offered: Offered<'_>)
                 resume: Vec::new(),
                 sizes: false,
                 blobs: false,
-                prove: true,
+                prove: !proven,
             }
             .to_bytes(),
         )
         .await;
+        if proven {
+            tracing::debug!("the config in the plan proves the pusher holds the image");
+            return Ok(loaded);
+        }
         let stream = next_stream(session, "its proof").await?;
         let (near, far) = tokio::io::duplex(64 * 1024);
         mux.attach(stream, near);
