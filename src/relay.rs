@@ -10,8 +10,9 @@
 //! and gives the daemon the whole blob either way. Every byte served from
 //! the spool is hashed with the rest: a blob that does not hash to its
 //! digest is deleted and its download fails (the daemon checks too), so the
-//! next run starts that blob over. The spool's blobs go once the image is
-//! in place ([`Relay::loaded`]).
+//! next run starts that blob over; so does a blob whose range the registry
+//! answers otherwise. The spool's blobs go once the image is in place
+//! ([`Relay::loaded`]).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -150,6 +151,8 @@ impl Relay {
         let held = spool.existing(&digest);
         let from = held.as_ref().map_or(0, Entry::held);
         let (mut parts, _) = req.into_parts();
+        // The request as the daemon made it, should the range not be taken.
+        let plain = (parts.uri.clone(), parts.headers.clone());
         if from > 0 {
             parts
                 .headers
@@ -197,8 +200,18 @@ impl Relay {
                 };
                 (entry, 0, Some(up.into_body()), total)
             }
+            // A range the registry answered otherwise: the daemon's own
+            // request, its answer as it is, this blob not spooled.
+            (Some(e), _) => {
+                e.remove();
+                drop(up);
+                let mut req = Request::get(plain.0).body(http::empty())?;
+                *req.headers_mut() = plain.1;
+                let up = self.send(req).await?;
+                return Ok(up.map(|b| b.map_err(std::io::Error::other).boxed()));
+            }
             // A refusal or an error: the daemon sees it as it is.
-            _ => return Ok(up.map(|b| b.map_err(std::io::Error::other).boxed())),
+            (None, _) => return Ok(up.map(|b| b.map_err(std::io::Error::other).boxed())),
         };
         let (tx, rx) = mpsc::channel(4);
         let fill = Fill {

@@ -236,6 +236,9 @@ fn killed_at(
     besides: u64,
 ) -> Row {
     let threshold = (LAYER as f64 * at) as u64;
+    // A spool of its own: what earlier faults left there (a failed run's
+    // layers are kept, for the next) is not this one's to account for.
+    let _ = std::fs::remove_dir_all(&bed.spool);
     let push = bed.start(&e.local, &e.peer, flags, image, &format!("--rate {RATE}"));
     let started = Instant::now();
     while bed.relayed() < threshold {
@@ -317,6 +320,13 @@ fn faults_as_figures() {
     }
 
     // A byte flipped at three places along the stream.
+    let layers: Vec<String> = serde_json::from_str(&docker(
+        &e.local,
+        &["image", "inspect", "-f", "{{json .RootFS.Layers}}", &image],
+    ))
+    .unwrap();
+    // The big layer (busybox below it, the app above).
+    let damaged = layers[1].trim_start_matches("sha256:").to_string();
     for at in [0.1, 0.5, 0.9] {
         let offset = (LAYER as f64 * at) as u64 + 4321;
         let push = bed.start(&e.local, &e.peer, &[], &image, &format!("--flip {offset}"));
@@ -324,8 +334,13 @@ fn faults_as_figures() {
         assert_eq!(code, Some(5), "a byte flipped at {offset}: {err}");
         let left = left_behind(&[&e.local, &e.peer], &image, &id, &bed);
         assert_eq!(left, "nothing", "{err}");
-        // A layer that failed its check is never kept.
-        assert_eq!(bed.spooled(), 0, "a damaged layer was kept in the spool");
+        // A layer that failed its check is never kept (the intact layer
+        // below it may be, for the next run).
+        let spooled = files_in(&bed.spool);
+        assert!(
+            spooled.iter().all(|(name, _)| *name != damaged),
+            "a damaged layer was kept in the spool: {spooled:?}"
+        );
         rows.push(Row {
             fault: format!("a byte flipped at {:.0} % of the layer", at * 100.0),
             exit: code,
