@@ -25,6 +25,11 @@ pub fn empty() -> Body {
     Empty::new().map_err(|e: Infallible| match e {}).boxed()
 }
 
+/// An incoming body (a request's or a response's) as a [`Body`], to pass on.
+pub fn pass(b: Incoming) -> Body {
+    b.map_err(std::io::Error::other).boxed()
+}
+
 /// A request body of at most `max` bytes (a manifest: small, from a peer
 /// or a daemon, so never trusted to be).
 pub async fn read_limited(mut body: Incoming, max: usize) -> anyhow::Result<Vec<u8>> {

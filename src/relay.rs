@@ -98,9 +98,9 @@ impl Relay {
         let r = match self.spoolable(&req) {
             Some(digest) => self.blob(req, digest).await,
             None => self
-                .send(req.map(|b| b.map_err(std::io::Error::other).boxed()))
+                .send(req.map(http::pass))
                 .await
-                .map(|r| r.map(|b| b.map_err(std::io::Error::other).boxed())),
+                .map(|r| r.map(http::pass)),
         };
         r.unwrap_or_else(|e| {
             tracing::warn!("relay: {e:#}");
@@ -186,7 +186,7 @@ impl Relay {
                     .get(CONTENT_LENGTH)
                     .and_then(|v| v.to_str().ok()?.parse().ok());
                 let Some(total) = total else {
-                    return Ok(up.map(|b| b.map_err(std::io::Error::other).boxed()));
+                    return Ok(up.map(http::pass));
                 };
                 let entry = match held {
                     Some(mut e) => {
@@ -208,10 +208,10 @@ impl Relay {
                 let mut req = Request::get(plain.0).body(http::empty())?;
                 *req.headers_mut() = plain.1;
                 let up = self.send(req).await?;
-                return Ok(up.map(|b| b.map_err(std::io::Error::other).boxed()));
+                return Ok(up.map(http::pass));
             }
             // A refusal or an error: the daemon sees it as it is.
-            (None, _) => return Ok(up.map(|b| b.map_err(std::io::Error::other).boxed())),
+            (None, _) => return Ok(up.map(http::pass)),
         };
         let (tx, rx) = mpsc::channel(4);
         let fill = Fill {

@@ -63,9 +63,10 @@ pub const MAX_IN_PLAN: usize = 24 * 1024;
 
 /// The config to carry in a plan, if it fits.
 pub fn for_plan(config: &[u8]) -> Option<String> {
-    (config.len() <= MAX_IN_PLAN)
-        .then(|| String::from_utf8(config.to_vec()).ok())
-        .flatten()
+    if config.len() > MAX_IN_PLAN {
+        return None;
+    }
+    String::from_utf8(config.to_vec()).ok()
 }
 
 /// Does the config a plan carried prove the image: does it hash to
