@@ -13,6 +13,8 @@ use clap::{Args, Parser, Subcommand};
         far side, and the two talk over that command's stdin/stdout. The far side needs no \
         registry account and no open port: only permission to run `dos pull IMAGE`.",
     after_help = "Examples:\n  \
+        dos push app:1 --to prod\n  \
+        dos push app:1 --to deploy@prod:2222 --install\n  \
         dos push app:1 ssh prod dos pull app:1\n  \
         dos push app:1 -- ssh -p 2222 deploy@prod 'dos pull app:1'\n  \
         dos push app:1 sh -c 'DOCKER_HOST=unix:///run/other.sock dos pull app:1'"
@@ -27,8 +29,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Send IMAGE to the dos pull that CMD starts on the far side.
+    /// Send IMAGE to HOST (--to), or to the dos pull that CMD starts on the far side.
     #[command(after_help = "Examples:\n  \
+        dos push app:1 --to prod\n  \
         dos push app:1 ssh prod dos pull app:1\n  \
         dos push registry.example.com/team/app:2 -- ssh deploy@prod 'dos pull registry.example.com/team/app:2'\n\n\
         Environment:\n  \
@@ -45,6 +48,15 @@ pub enum Command {
         anything else is refused."
     )]
     Pull(PullArgs),
+    /// Make `docker dos …` run this dos: link it as a Docker CLI plugin.
+    InstallPlugin(InstallPluginArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InstallPluginArgs {
+    /// Where the docker CLI looks for plugins.
+    #[arg(long, value_name = "DIR", default_value = "~/.docker/cli-plugins")]
+    pub dir: String,
 }
 
 #[derive(Debug, Args)]
@@ -52,14 +64,31 @@ pub struct PushArgs {
     /// The local image to send (name[:tag]).
     pub image: String,
     /// The command that starts `dos pull IMAGE` on the far side, with its
-    /// arguments. `--` before it is accepted and optional.
+    /// arguments. `--` before it is accepted and optional. Not with --to.
     #[arg(
-        required = true,
+        required_unless_present = "to",
+        conflicts_with = "to",
         trailing_var_arg = true,
         allow_hyphen_values = true,
         value_name = "CMD"
     )]
     pub command: Vec<String>,
+    /// The far host, reached with your own ssh (its config, agent and
+    /// known_hosts): `[ssh://][user@]host[:port]` or an ssh config alias.
+    /// dos runs `dos pull IMAGE` there.
+    #[arg(long, value_name = "HOST")]
+    pub to: Option<String>,
+    /// With --to: should the far host have no dos, or one of another
+    /// protocol, copy this one to ~/.cache/dos/bin there without asking.
+    #[arg(long, requires = "to")]
+    pub install: bool,
+    /// With --to: the ssh command, with options of its own
+    /// (e.g. `ssh -F ./ssh_config`).
+    #[arg(long, env = "DOS_SSH", value_name = "CMD", default_value = "ssh")]
+    pub ssh: String,
+    /// No progress display; errors and the final line only.
+    #[arg(short, long)]
+    pub quiet: bool,
     /// Use the registry already listening on 127.0.0.1:PORT instead of
     /// starting the embedded one.
     #[arg(long, env = "LOCAL_DOCKER_REGISTRY_PORT", value_name = "PORT")]

@@ -22,6 +22,8 @@ pub enum PeerError {
     CommandNotFound { program: String, cause: String },
     #[error("the far side did not speak dos: {detail}{}", shown(printed))]
     NotDos { detail: String, printed: String },
+    #[error("the far side has no dos: {detail}{}", shown(printed))]
+    Missing { detail: String, printed: String },
     #[error("{0}")]
     Handshake(HandshakeError),
     #[error("the far side refused: {0}")]

@@ -17,6 +17,8 @@
 //!   store, Docker's containerd image store, podman), behind one interface.
 //! - [`docker`]: the Docker daemon API (bollard), connected like the docker CLI.
 //! - [`push`] / [`pull`]: the two commands.
+//! - [`host`], [`bootstrap`]: `--to HOST` over the user's ssh, and dos copying itself to a host without it.
+//! - [`plugin`]: dos as the Docker CLI plugin `docker dos`.
 //! - [`settings`]: every setting read from the environment, in one place.
 //! - [`setup`]: where a push runs (CI variables, DOCKER_HOST) and the push plan.
 //! - [`tunnel`]: exposing the registry to a daemon that can't reach our loopback (ngrok).
@@ -30,6 +32,7 @@
 
 pub mod allow;
 pub mod auth;
+pub mod bootstrap;
 pub mod capture;
 pub mod cli;
 pub mod delta;
@@ -37,9 +40,11 @@ pub mod docker;
 pub mod engine;
 pub mod error;
 pub mod gate;
+pub mod host;
 pub mod http;
 pub mod leftovers;
 pub mod mux;
+pub mod plugin;
 pub mod progress;
 pub mod protocol;
 pub mod pull;

@@ -1,16 +1,45 @@
 use clap::Parser;
 use dos::cli::{Cli, Command};
+use dos::plugin::{self, Invocation};
+use dos::progress::Mode;
 
 fn main() {
-    let cli = Cli::parse();
-    let default = match cli.verbose {
-        0 => "dos=info",
-        1 => "dos=debug",
+    // Run as the Docker CLI plugin (`docker dos …`): the docker CLI's own
+    // flags come first, then `dos`, then ours.
+    let mut argv: Vec<String> = std::env::args().collect();
+    let mut docker_host = None;
+    if plugin::invoked_as_plugin(&argv[0]) {
+        match plugin::parse(&argv[1..], dos::settings::docker_config_dir().as_deref()) {
+            Ok(Invocation::Metadata) => {
+                println!("{}", plugin::metadata());
+                return;
+            }
+            Ok(Invocation::Run {
+                args,
+                docker_host: host,
+                debug,
+            }) => {
+                docker_host = host;
+                argv = std::iter::once("docker dos".to_string())
+                    .chain(debug.then(|| "-v".to_string()))
+                    .chain(args)
+                    .collect();
+            }
+            Err(e) => fail(e),
+        }
+    }
+    let cli = Cli::parse_from(argv);
+    let quiet = matches!(&cli.command, Command::Push(a) if a.quiet);
+    let default = match (cli.verbose, quiet) {
+        (0, true) => "dos=warn",
+        (0, false) => "dos=info",
+        (1, _) => "dos=debug",
         _ => "dos=trace",
     };
     // Plain lines by default (they end up in CI logs); levels with -v.
+    // Through the progress display's writer: above it, not through it.
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(dos::progress::StderrWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .with_level(cli.verbose > 0)
@@ -27,43 +56,17 @@ fn main() {
     // The pushing side compresses, and its zstd calls block while the
     // workers are busy: the link must be fed from another thread then.
     let rt = match cli.command {
-        Command::Pull(_) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
+        Command::Pull(_) | Command::InstallPlugin(_) => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
         Command::Push(_) => tokio::runtime::Runtime::new(),
     }
     .expect("starting the tokio runtime");
     let result = rt.block_on(async {
         match cli.command {
-            Command::Push(a) => {
-                let mut opts = dos::push::PushOptions::new(a.image, strip_dashdash(a.command));
-                opts.registry_port = a.registry_port;
-                opts.via = a.via;
-                opts.idle = a.link.idle();
-                opts.hello = a.link.hello();
-                if a.explain {
-                    // The push side's stdout is the user's: the plan goes there.
-                    print!("{}", opts.plan());
-                    print!("{}", dos::push::explain_engines(&opts).await);
-                    return Ok(());
-                }
-                dos::push::push(opts).await.map(|r| {
-                    tracing::info!(
-                        "dos: {} is on the far daemon{}{} (via {}{}; {} bytes sent, {} received, {:.1}s)",
-                        r.image_id,
-                        r.far_engine.as_deref().map(|e| format!(", {e}")).unwrap_or_default(),
-                        r.local_id
-                            .as_deref()
-                            .map(|l| format!("; {l} here, on {}: the same config and layers", r.local_engine))
-                            .unwrap_or_default(),
-                        r.path,
-                        r.source.map(|s| format!(", read by {s}")).unwrap_or_default(),
-                        r.wire_out,
-                        r.wire_in,
-                        r.elapsed.as_secs_f64()
-                    )
-                })
-            }
+            Command::Push(a) => push(a, docker_host).await,
             Command::Pull(a) => {
                 dos::pull::pull(dos::pull::PullOptions {
                     image: a.image,
@@ -74,15 +77,106 @@ fn main() {
                 })
                 .await
             }
+            Command::InstallPlugin(a) => {
+                let link = plugin::install(&dos::settings::expand_home(&a.dir))?;
+                eprintln!(
+                    "dos: {} links to this dos: `docker dos push IMAGE --to HOST` works now",
+                    link.display()
+                );
+                Ok(())
+            }
         }
     });
     // Don't wait for stray tasks (a stuck stdin read) at exit.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     dos::stdio::restore();
     if let Err(e) = result {
-        eprintln!("dos: error: {e:#}");
-        std::process::exit(dos::error::exit_code(&e));
+        fail(e);
     }
+}
+
+async fn push(a: dos::cli::PushArgs, docker_host: Option<String>) -> anyhow::Result<()> {
+    let mut opts = dos::push::PushOptions::new(a.image.clone(), strip_dashdash(a.command));
+    opts.registry_port = a.registry_port;
+    opts.via = a.via;
+    opts.idle = a.link.idle();
+    opts.hello = a.link.hello();
+    opts.docker_host = docker_host;
+    opts.display = if a.quiet {
+        Mode::Quiet
+    } else {
+        Mode::for_stderr()
+    };
+    let target = match &a.to {
+        Some(h) => Some(dos::bootstrap::Target {
+            host: dos::host::Host::parse(h)?,
+            ssh: shlex::split(&a.ssh)
+                .filter(|w| !w.is_empty())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(dos::error::SetupError(format!(
+                        "--ssh {:?}: not a command",
+                        a.ssh
+                    )))
+                })?,
+            install: if a.install {
+                dos::bootstrap::Install::Yes
+            } else {
+                dos::bootstrap::Install::Ask
+            },
+        }),
+        None => None,
+    };
+    if a.explain {
+        if let Some(t) = &target {
+            opts.command = t
+                .host
+                .command(&t.ssh, &format!("dos pull {}", dos::host::quote(&a.image)));
+        }
+        // The push side's stdout is the user's: the plan goes there.
+        print!("{}", opts.plan());
+        print!("{}", dos::push::explain_engines(&opts).await);
+        return Ok(());
+    }
+    let report = match &target {
+        Some(t) => dos::bootstrap::push_to(opts, t).await?,
+        None => dos::push::push(opts).await?,
+    };
+    tracing::info!(
+        "dos: {} is on the far daemon{}{} (via {}{}; {} bytes sent, {} received, {:.1}s)",
+        report.image_id,
+        report
+            .far_engine
+            .as_deref()
+            .map(|e| format!(", {e}"))
+            .unwrap_or_default(),
+        report
+            .local_id
+            .as_deref()
+            .map(|l| format!(
+                "; {l} here, on {}: the same config and layers",
+                report.local_engine
+            ))
+            .unwrap_or_default(),
+        report.path,
+        report
+            .source
+            .map(|s| format!(", read by {s}"))
+            .unwrap_or_default(),
+        report.wire_out,
+        report.wire_in,
+        report.elapsed.as_secs_f64()
+    );
+    let host = match &target {
+        Some(t) => t.host.to_string(),
+        None => "the far side".to_string(),
+    };
+    dos::progress::write_stderr(format!("{}\n", report.summary(&a.image, &host)).as_bytes());
+    Ok(())
+}
+
+fn fail(e: anyhow::Error) -> ! {
+    eprintln!("dos: error: {e:#}");
+    std::process::exit(dos::error::exit_code(&e));
 }
 
 fn strip_dashdash(mut v: Vec<String>) -> Vec<String> {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
 use crate::allow::{image_from_original_command, AllowList};
 use crate::auth::Credentials;
@@ -21,6 +22,7 @@ use crate::error::{PeerError, SetupError};
 use crate::mux::{self, Event, Liveness, Mux, Session, Side};
 use crate::protocol::handshake::{
     self, DeltaPlan, Hello, Role, FEATURE_DELTA, FEATURE_EARLY_PLAN, FEATURE_HEARTBEAT,
+    FEATURE_PROGRESS,
 };
 use crate::protocol::message::{FarImage, Message, Offer, Resume};
 use crate::reference::ImageRef;
@@ -105,6 +107,10 @@ async fn run(opts: PullOptions) -> Result<()> {
     }
     if early.is_some() {
         features.push(FEATURE_EARLY_PLAN.into());
+    }
+    if delta {
+        // Says when each layer checks out, to a pusher that shows progress.
+        features.push(FEATURE_PROGRESS.into());
     }
     let hello = Hello {
         role: Role::Pull,
@@ -234,6 +240,7 @@ async fn serve(
                 diff_ids,
                 manifest,
                 config_json: config,
+                progress: peer.has(FEATURE_PROGRESS),
             };
             let loaded = via_delta(session, &engine, offered).await?;
             engine
@@ -262,6 +269,8 @@ struct Offered<'a> {
     manifest: Option<String>,
     /// Its config, if the plan carries it (the pusher's proof).
     config_json: Option<String>,
+    /// The pusher shows progress: say when each layer checks out.
+    progress: bool,
 }
 
 async fn via_delta(session: &mut Session, engine: &Engine, offered: Offered<'_>) -> Result<Loaded> {
@@ -270,6 +279,7 @@ async fn via_delta(session: &mut Session, engine: &Engine, offered: Offered<'_>)
         diff_ids,
         manifest,
         config_json,
+        progress,
     } = offered;
     if Digest::parse(config).is_none() || diff_ids.iter().any(|d| Digest::parse(d).is_none()) {
         bail!(PeerError::Refused(
@@ -349,20 +359,22 @@ async fn via_delta(session: &mut Session, engine: &Engine, offered: Offered<'_>)
             offset: e.held(),
         })
         .collect();
-    tracing::info!(
-        "dos: receiving {} of {} layers into {engine}{}",
+    // The pusher's display shows the layers; what its user needs from this
+    // side is a resume (the far engine is in the pusher's report).
+    let receiving = format!(
+        "dos: receiving {} of {} layers into {engine}",
         diff_ids.len() - have,
-        diff_ids.len(),
-        if resume.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " ({} bytes of {} of them are in the resume spool)",
-                resume.iter().map(|r| r.offset).sum::<u64>(),
-                resume.len()
-            )
-        }
+        diff_ids.len()
     );
+    if resume.is_empty() {
+        tracing::debug!("{receiving}");
+    } else {
+        tracing::info!(
+            "{receiving} ({} bytes of {} of them are in the resume spool)",
+            resume.iter().map(|r| r.offset).sum::<u64>(),
+            resume.len()
+        );
+    }
     mux.control(
         Message::Have {
             layers: have,
@@ -378,7 +390,22 @@ async fn via_delta(session: &mut Session, engine: &Engine, offered: Offered<'_>)
     let stream = next_stream(session, "the layers").await?;
     let (near, far) = tokio::io::duplex(256 * 1024);
     mux.attach(stream, near);
+    // Each layer that checks out is told to the pusher's display, in order
+    // and before the outcome.
+    let (verified, told) = if progress {
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let m = mux.clone();
+        let told = tokio::spawn(async move {
+            while let Some(diff_id) = rx.recv().await {
+                m.control(Message::Verified { diff_id }.to_bytes()).await;
+            }
+        });
+        (Some(tx), Some(told))
+    } else {
+        (None, None)
+    };
     let mut plan = ReceivePlan {
+        verified,
         image_id: config.to_string(),
         diff_ids,
         have,
@@ -389,7 +416,12 @@ async fn via_delta(session: &mut Session, engine: &Engine, offered: Offered<'_>)
         source,
         keep_manifest: engine.ids() == Ids::Manifest,
     };
-    let manifest = receive::receive(&engine.daemon, far, &mut plan).await?;
+    let received = receive::receive(&engine.daemon, far, &mut plan).await;
+    plan.verified = None;
+    if let Some(t) = told {
+        let _ = t.await;
+    }
+    let manifest = received?;
     // Trust the engine's word, not ours: the loaded image must be the one
     // offered, and whole (an incomplete one is removed).
     let loaded = engine
@@ -440,7 +472,7 @@ async fn via_registry(
     // The daemon's pull goes through the relay, its blobs into the spool.
     let relay = Relay::new(mux.clone(), creds.clone());
     let acceptor = relay.serve(listener);
-    tracing::info!("dos: pulling {wanted_str} through the relay");
+    tracing::debug!("dos: pulling {wanted_str} through the relay");
     let daemon = &engine.daemon;
     let pulled_ref = format!("{source}@{}", offer.manifest);
     let prefix = format!("{addr}/");

@@ -15,6 +15,7 @@
 //! | `DOS_CAPTURE_PORT`, `DOS_CAPTURE_SEED` | the capture registry |
 //! | `SSH_ORIGINAL_COMMAND` | what an ssh forced command was asked to run |
 //! | `DOS_LOG` | a tracing filter |
+//! | `DOCKER_CONFIG` | the docker CLI's contexts, for the `docker dos` plugin's `--context` |
 
 use std::path::PathBuf;
 
@@ -39,6 +40,22 @@ pub fn docker_cert_dir() -> Option<PathBuf> {
     var("DOCKER_CERT_PATH")
         .map(PathBuf::from)
         .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".docker")))
+}
+
+/// The docker CLI's configuration directory (its contexts): DOCKER_CONFIG,
+/// else `~/.docker`.
+pub fn docker_config_dir() -> Option<PathBuf> {
+    var("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".docker")))
+}
+
+/// `~` at the start of a path the user gave, as a shell would expand it.
+pub fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), var("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
 }
 
 /// Where dos keeps state between runs on this machine (the resume spool,

@@ -6,7 +6,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::error::PeerError;
@@ -47,7 +47,6 @@ impl Transport {
         let stderr_done = tokio::spawn(async move {
             let mut lines = BufReader::new(stderr);
             let mut line = Vec::new();
-            let mut err = tokio::io::stderr();
             loop {
                 line.clear();
                 // A line is cut at MAX_LINE: the far side can't make this
@@ -59,7 +58,8 @@ impl Transport {
                 {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
-                        let _ = err.write_all(&line).await;
+                        // Above the progress display, not through it.
+                        crate::progress::write_stderr(&line);
                         let mut t = tail.lock().unwrap();
                         t.extend_from_slice(&line);
                         if t.len() > TAIL {

@@ -1,6 +1,9 @@
-//! The CI configurations shipped in ci-examples/ and .circleci/ are what a
-//! user copies: every file must be valid YAML of the right shape, and every
-//! `dos` command line in them must parse with the real CLI definition.
+//! The CI configurations shipped in ci-examples/, .circleci/, .github/ and
+//! action.yml are what a user copies (or what releases dos): every file must
+//! be valid YAML of the right shape, and every `dos` command line in them
+//! must parse with the real CLI definition. The release workflow builds
+//! what it must, and the declared rust-version is true. (tests/ci_run.rs
+//! runs the examples' steps.)
 
 use std::path::{Path, PathBuf};
 
@@ -14,8 +17,12 @@ fn root() -> PathBuf {
 }
 
 fn yaml_files() -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root().join("ci-examples"), root().join(".circleci")];
+    let mut out = vec![root().join("action.yml")];
+    let mut stack = vec![
+        root().join("ci-examples"),
+        root().join(".circleci"),
+        root().join(".github"),
+    ];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
             let p = entry.unwrap().path();
@@ -98,6 +105,11 @@ fn check_command(words: &[String], file: &Path) -> (usize, usize) {
     match cli.command {
         Command::Push(p) => {
             ImageRef::parse(&p.image).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            if let Some(h) = &p.to {
+                // A host the test's expansion made up is still a host.
+                dos::host::Host::parse(h).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                return (1, 0);
+            }
             let cmd = p.command.join(" ");
             let at = cmd.find("dos pull").unwrap_or_else(|| {
                 panic!(
@@ -117,6 +129,7 @@ fn check_command(words: &[String], file: &Path) -> (usize, usize) {
             ImageRef::parse(&image).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
             (0, 1)
         }
+        Command::InstallPlugin(_) => (0, 0),
     }
 }
 
@@ -141,7 +154,10 @@ fn every_ci_file_is_valid_yaml_and_every_dos_command_parses() {
                 f.display()
             );
         }
-        if f.starts_with(root().join("ci-examples")) {
+        // An example that uses dos's action pushes through it.
+        let uses_action = all.iter().any(|s| s.starts_with("OWNER/dos@"));
+        if (f.starts_with(root().join("ci-examples")) && !uses_action) || f.ends_with("action.yml")
+        {
             assert!(pushes > 0, "{}: no dos push found", f.display());
         }
     }
@@ -149,7 +165,10 @@ fn every_ci_file_is_valid_yaml_and_every_dos_command_parses() {
 
 #[test]
 fn circleci_files_have_the_shape_circleci_expects() {
-    for f in yaml_files().iter().filter(|f| f.ends_with("config.yml")) {
+    for f in yaml_files()
+        .iter()
+        .filter(|f| f.ends_with("config.yml") && f.to_string_lossy().contains("circleci"))
+    {
         let doc = load(f);
         assert_eq!(doc["version"], Value::from(2.1), "{}", f.display());
         let jobs = doc["jobs"]
@@ -211,8 +230,17 @@ fn circleci_files_have_the_shape_circleci_expects() {
 
 #[test]
 fn github_workflows_have_the_shape_actions_expects() {
-    let f = root().join("ci-examples/github-actions/deploy.yml");
-    let doc = load(&f);
+    for f in [
+        root().join("ci-examples/github-actions/deploy.yml"),
+        root().join("ci-examples/github-actions/deploy-with-action.yml"),
+        root().join(".github/workflows/release.yml"),
+    ] {
+        workflow_shape(&f);
+    }
+}
+
+fn workflow_shape(f: &Path) {
+    let doc = load(f);
     assert!(doc.get("on").is_some());
     for (name, job) in doc["jobs"].as_mapping().expect("jobs") {
         assert!(job["runs-on"].as_str().is_some(), "job {name:?}");
@@ -223,18 +251,145 @@ fn github_workflows_have_the_shape_actions_expects() {
             );
         }
     }
-    // Secrets reach the shell through env:, never pasted into a script.
-    let text = std::fs::read_to_string(&f).unwrap();
+    // Secrets reach the shell through env: or an action's inputs, never
+    // pasted into a script.
+    let text = std::fs::read_to_string(f).unwrap();
     for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
         if line.contains("secrets.") {
+            let key = line.trim_start().split(':').next().unwrap();
             assert!(
-                line.trim_start()
-                    .split(':')
-                    .next()
-                    .unwrap()
-                    .chars()
-                    .all(|c| c.is_ascii_uppercase() || c == '_'),
-                "{line}"
+                key != "run"
+                    && !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+                "{}: {line}",
+                f.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn the_action_takes_what_it_says_and_keeps_host_key_checking() {
+    let doc = load(&root().join("action.yml"));
+    assert_eq!(doc["runs"]["using"].as_str(), Some("composite"));
+    let inputs = doc["inputs"].as_mapping().unwrap();
+    for i in ["image", "host", "ssh-key", "known-hosts"] {
+        assert_eq!(inputs[i]["required"].as_bool(), Some(true), "input {i}");
+    }
+    let steps = doc["runs"]["steps"].as_sequence().unwrap();
+    let all: String = steps.iter().filter_map(|s| s["run"].as_str()).collect();
+    assert!(all.contains("scripts/install.sh"));
+    assert!(all.contains("known_hosts"));
+    assert!(all.contains("dos push \"$IMAGE\" --to \"$HOST\""));
+    for s in steps {
+        assert_eq!(s["shell"].as_str(), Some("bash"), "{s:?}");
+        // Inputs reach the shell through env:, never pasted into a script.
+        assert!(!s["run"].as_str().unwrap().contains("${{"), "{s:?}");
+    }
+}
+
+#[test]
+fn the_release_builds_the_static_binary_for_both_architectures() {
+    let f = root().join(".github/workflows/release.yml");
+    let doc = load(&f);
+    let on_tags = doc["on"]["push"]["tags"].as_sequence().unwrap();
+    assert!(on_tags.iter().any(|t| t.as_str() == Some("v*")));
+    let build = &doc["jobs"]["build"];
+    let matrix = build["strategy"]["matrix"]["include"]
+        .as_sequence()
+        .unwrap();
+    let targets: Vec<&str> = matrix
+        .iter()
+        .map(|m| m["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        targets,
+        ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"]
+    );
+    // Each on a runner of its own architecture, with the script the test
+    // command runs (so what ships is what is tested).
+    for m in matrix {
+        let runner = m["runner"].as_str().unwrap();
+        let arm = m["target"].as_str().unwrap().starts_with("aarch64");
+        assert_eq!(runner.ends_with("-arm"), arm, "{runner}");
+    }
+    let text = std::fs::read_to_string(&f).unwrap();
+    assert!(text.contains("scripts/build-static.sh"));
+    assert!(std::fs::read_to_string(root().join("tests/run.sh"))
+        .unwrap()
+        .contains("scripts/build-static.sh"));
+    assert!(text.contains("musl-tools"));
+    assert!(text.contains("sha256sum") && text.contains("SHA256SUMS"));
+    assert!(text.contains("dist/install.sh"));
+    assert!(text.contains("gh release create"));
+    // install.sh is POSIX sh and names the assets the release uploads.
+    let install = std::fs::read_to_string(root().join("scripts/install.sh")).unwrap();
+    assert!(install.contains("dos-$arch-unknown-linux-musl"));
+    let ok = std::process::Command::new("sh")
+        .args(["-n", "scripts/install.sh"])
+        .current_dir(root())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// "1.89" → (1, 89).
+fn version(v: &str) -> (u32, u32) {
+    let mut it = v.split('.').map(|n| n.parse::<u32>().unwrap());
+    (it.next().unwrap(), it.next().unwrap_or(0))
+}
+
+#[test]
+fn rust_version_is_declared_and_covers_the_lock_and_the_examples() {
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let declared = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .expect("Cargo.toml declares rust-version")
+        .trim_matches('"');
+    let declared = version(declared);
+    // Every package in the lock builds with it, by its own word.
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for p in meta["packages"].as_array().unwrap() {
+        if let Some(v) = p["rust_version"].as_str() {
+            assert!(
+                version(v) <= declared,
+                "{} {} needs Rust {v}, Cargo.toml says {declared:?}",
+                p["name"],
+                p["version"]
+            );
+        }
+    }
+    // The CI files use no Rust image older than that (the examples install
+    // the release binary and need none).
+    for f in yaml_files() {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (at, _) in text.match_indices("rust:") {
+            let tag: String = text[at + 5..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            if !tag.is_empty() {
+                assert!(version(&tag) >= declared, "{}: rust:{tag}", f.display());
+            }
+        }
+        if f.starts_with(root().join("ci-examples")) {
+            assert!(
+                !text.contains("cargo install"),
+                "{}: compiles dos",
+                f.display()
             );
         }
     }

@@ -9,51 +9,6 @@ use std::process::Command;
 
 use common::*;
 
-struct LockedKey {
-    dir: tempfile::TempDir,
-}
-
-impl LockedKey {
-    /// A new key, installed on the far host as a forced command.
-    fn install(e: &Env, allow: &str) -> LockedKey {
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("key");
-        let ok = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "dos-locked", "-f"])
-            .arg(&key)
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-        let line = format!("command=\"dos pull --allow '{allow}'\",restrict {public}");
-        let test_dir = std::env::var("DOS_TEST_DIR").expect("DOS_TEST_DIR");
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(format!("{test_dir}/authorized_keys"))
-            .unwrap();
-        std::io::Write::write_all(&mut f, line.as_bytes()).unwrap();
-        // The environment's ssh config, with this key only.
-        let base = std::fs::read_to_string(&e.ssh_config).unwrap();
-        let cfg: String = base
-            .lines()
-            .map(|l| {
-                if l.trim_start().starts_with("IdentityFile") {
-                    format!("  IdentityFile {}", key.display())
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        std::fs::write(dir.path().join("ssh_config"), cfg + "\n").unwrap();
-        LockedKey { dir }
-    }
-
-    fn config(&self) -> String {
-        self.dir.path().join("ssh_config").display().to_string()
-    }
-}
-
 #[test]
 fn a_forced_command_key_receives_allowed_images_and_nothing_else() {
     let e = need_env!();

@@ -78,6 +78,10 @@ pub const FEATURE_EARLY_PLAN: &str = "early-plan";
 /// The side understands heartbeat (`Ping`) frames and sends them.
 pub const FEATURE_HEARTBEAT: &str = "heartbeat";
 
+/// The pusher shows progress: the far side says when each layer it
+/// received checked out ([`crate::protocol::message::Message::Verified`]).
+pub const FEATURE_PROGRESS: &str = "progress";
+
 impl Hello {
     pub fn has(&self, feature: &str) -> bool {
         self.features.iter().any(|f| f == feature)

@@ -51,6 +51,9 @@ pub enum Message {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         prove: bool,
     },
+    /// The puller checked a layer it received against its diffID (sent
+    /// only to a pusher that offers [`crate::protocol::handshake::FEATURE_PROGRESS`]).
+    Verified { diff_id: String },
     /// The puller's final word: the image is in place (with its ID), or why not.
     Outcome {
         ok: bool,

@@ -18,6 +18,7 @@ use crate::delta::store::LocalStore;
 use crate::engine::oci;
 use crate::error::PeerError;
 use crate::mux::{Event, Session};
+use crate::progress::Board;
 use crate::protocol::handshake::{self, DeltaPlan};
 use crate::protocol::message::Message;
 
@@ -71,6 +72,22 @@ pub(super) fn delta_plan<E>(src: &Source, layers: &Layers<E>) -> DeltaPlan {
     plan
 }
 
+/// The layers' sizes as they will be read here, where known before they
+/// are: the blobs of the source's manifest, when they cross as they are.
+fn sizes_known(src: &Source, blobs: bool) -> Vec<Option<u64>> {
+    let descriptors = src
+        .local
+        .manifest
+        .as_deref()
+        .filter(|_| blobs && plan_manifest(src).is_some())
+        .and_then(oci::Manifest::parse)
+        .map(|m| m.layers);
+    match descriptors {
+        Some(d) => d.iter().map(|l| Some(l.size)).collect(),
+        None => vec![None; src.local.diff_ids.len()],
+    }
+}
+
 /// Delta: wait for the far side's inventory, stream what it lacks, and wait
 /// for its outcome.
 pub(super) async fn drive_delta(
@@ -78,6 +95,7 @@ pub(super) async fn drive_delta(
     src: &Source,
     layers: Layers<impl AsyncRead + Send + Unpin + 'static>,
     capture: &mut Option<capture::Session>,
+    board: &Arc<Board>,
 ) -> Result<(Reported, Option<SendStats>)> {
     let Layers {
         export,
@@ -124,6 +142,10 @@ pub(super) async fn drive_delta(
                             if image { " and the image" } else { "" }
                         );
                         let export = export.take().context("the far side asked twice")?;
+                        board.layers(&src.local.diff_ids, layers, &sizes_known(src, blobs));
+                        if layers == 0 && src.local.manifest.is_none() {
+                            board.missing_total(src.local.size);
+                        }
                         if image && !prove {
                             drop(export);
                             continue;
@@ -132,8 +154,8 @@ pub(super) async fn drive_delta(
                         let (near, far) = tokio::io::duplex(256 * 1024);
                         mux.attach(stream, near);
                         let resume = resume.into_iter().map(|r| (r.diff_id, r.offset)).collect();
-                        let read = Arc::new(AtomicU64::new(0));
-                        let plan = SendPlan { image_id: src.local.config.clone(), diff_ids: src.local.diff_ids.clone(), have: layers, resume, read: read.clone(), sizes, packed: src.local.packed.clone(), blobs: blobs && plan_manifest(src).is_some() };
+                        let read = board.read.clone();
+                        let plan = SendPlan { image_id: src.local.config.clone(), diff_ids: src.local.diff_ids.clone(), have: layers, resume, read: read.clone(), sizes, packed: src.local.packed.clone(), blobs: blobs && plan_manifest(src).is_some(), board: board.clone() };
                         let present: HashSet<String> = src.local.diff_ids[..layers].iter().cloned().collect();
                         let descriptors = src.local.manifest.as_deref().and_then(oci::Manifest::parse).map(|m| m.layers);
                         let from_content = content.take().zip(descriptors).filter(|_| !sizes);
@@ -160,6 +182,7 @@ pub(super) async fn drive_delta(
                             }
                         }
                     }
+                    Ok(Message::Verified { diff_id }) => board.verified(&diff_id),
                     Ok(Message::Outcome { ok, message, refused, image_id, far }) => {
                         return outcome(ok, message, refused, image_id, far).map(|r| (r, stats));
                     }
@@ -173,6 +196,7 @@ pub(super) async fn drive_delta(
                 match r {
                     Ok(Ok(s)) => {
                         tracing::debug!(?s, "delta sent");
+                        board.all_sent();
                         stats = Some(s);
                     }
                     Ok(Err(e)) if cut_off(&e) => {

@@ -33,9 +33,10 @@ use crate::docker::Daemon;
 use crate::engine::Engine;
 use crate::error::{PeerError, SetupError};
 use crate::mux::{self, Liveness, Side};
-use crate::progress::Progress;
+use crate::progress::{Board, Display};
 use crate::protocol::handshake::{
     self, HandshakeError, Hello, Role, FEATURE_DELTA, FEATURE_EARLY_PLAN, FEATURE_HEARTBEAT,
+    FEATURE_PROGRESS,
 };
 use crate::protocol::message::Message;
 use crate::reference::ImageRef;
@@ -200,7 +201,11 @@ async fn session(
         image: src.image_str.clone(),
         release: env!("CARGO_PKG_VERSION").into(),
         features: if layers.is_some() {
-            vec![FEATURE_DELTA.into(), FEATURE_HEARTBEAT.into()]
+            vec![
+                FEATURE_DELTA.into(),
+                FEATURE_HEARTBEAT.into(),
+                FEATURE_PROGRESS.into(),
+            ]
         } else {
             vec![FEATURE_HEARTBEAT.into()]
         },
@@ -252,13 +257,12 @@ async fn session(
     let mux = session.mux.clone();
     let started = std::time::Instant::now();
     let m = mux.clone();
-    let progress = Progress::start(
-        "transfer",
-        Arc::new(move || {
-            let (o, i) = m.wire_bytes();
-            o + i
-        }),
-    );
+    let board = Board::new(Arc::new(move || {
+        let (o, i) = m.wire_bytes();
+        o + i
+    }));
+    board.far_verifies(peer.has(FEATURE_PROGRESS));
+    let display = Display::start(board.clone(), opts.display);
     let result = if let (true, Some(layers)) = (use_delta, layers) {
         tracing::info!(
             "dos: sending {} (only the layers the far side lacks)",
@@ -278,7 +282,7 @@ async fn session(
             )
             .await;
         }
-        drive_delta(&mut session, src, layers, capture).await
+        drive_delta(&mut session, src, layers, capture, &board).await
     } else {
         drive_registry(&mut session, src, daemon, opts, plan).await
     };
@@ -290,7 +294,10 @@ async fn session(
         }
         _ => e,
     });
-    progress.finish(if result.is_ok() { "done" } else { "failed" });
+    if result.is_ok() {
+        board.done();
+    }
+    display.finish();
     // Flush and close our half; bounded, as a dead link never drains. After
     // a failure there is nothing left worth waiting for.
     let grace = Duration::from_secs(if result.is_ok() { 10 } else { 1 });
@@ -310,5 +317,6 @@ async fn session(
         layers_sent: stats.as_ref().map_or(0, |s| s.layers_sent),
         layers_present: stats.as_ref().map_or(0, |s| s.layers_skipped),
         source: stats.as_ref().map(|s| s.source),
+        image_size: src.local.size,
     })
 }

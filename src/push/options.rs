@@ -3,10 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::progress::Mode;
 use crate::setup::Via;
 use crate::setup::{Environment, Exposure, Plan};
 use crate::tunnel::Tunnel;
 
+#[derive(Clone)]
 pub struct PushOptions {
     pub image: String,
     pub command: Vec<String>,
@@ -25,6 +27,8 @@ pub struct PushOptions {
     pub idle: Duration,
     /// Give up when the far dos has not said hello after this long.
     pub hello: Duration,
+    /// How progress is shown on stderr.
+    pub display: Mode,
 }
 
 /// How long the far side's hello is waited for: ssh connecting and a
@@ -47,6 +51,7 @@ impl PushOptions {
             tunnel: None,
             idle: DEFAULT_IDLE,
             hello: DEFAULT_HELLO,
+            display: Mode::Quiet,
         }
     }
 
@@ -82,4 +87,29 @@ pub struct PushReport {
     pub layers_present: usize,
     /// Delta only: how the layers were read from the local daemon.
     pub source: Option<&'static str>,
+    /// The image's size as the local engine reports it.
+    pub image_size: u64,
+}
+
+impl PushReport {
+    /// The line a push ends with: "app:2 on prod: sent 1.7 MB of 232.0 MB
+    /// (2 of 3 layers were there) in 1.8 s".
+    pub fn summary(&self, image: &str, host: &str) -> String {
+        let there = if self.path == "delta" {
+            let all = self.layers_sent + self.layers_present;
+            if self.layers_sent == 0 && all > 0 {
+                " (it was there)".to_string()
+            } else {
+                format!(" ({} of {all} layers were there)", self.layers_present)
+            }
+        } else {
+            " (the far daemon pulled it through the relay)".to_string()
+        };
+        format!(
+            "{image} on {host}: sent {} of {}{there} in {:.1} s",
+            crate::progress::human(self.wire_out as f64),
+            crate::progress::human(self.image_size as f64),
+            self.elapsed.as_secs_f64()
+        )
+    }
 }

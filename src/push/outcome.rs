@@ -114,6 +114,21 @@ pub(super) fn explain(
                 }
                 .into()
             }
+            // What a shell answers for a command it can't find (127) or
+            // can't run (126).
+            HandshakeError::NotDos { printed }
+                if matches!(status.and_then(|s| s.code()), Some(126 | 127)) =>
+            {
+                PeerError::Missing {
+                    detail: format!(
+                        "`{}` {} before the dos handshake",
+                        shell_words(command),
+                        describe(status)
+                    ),
+                    printed: printed_both(stderr, printed),
+                }
+                .into()
+            }
             HandshakeError::NotDos { printed } | HandshakeError::TooMuchNoise { printed } => {
                 let all = printed_both(stderr, printed);
                 PeerError::NotDos {

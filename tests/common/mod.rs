@@ -87,9 +87,13 @@ pub fn dos_bin() -> &'static str {
     env!("CARGO_BIN_EXE_dos")
 }
 
-/// The directory holding the dos under test (for PATH on the far side).
+/// The directory holding the dos the far sides run: the static binary
+/// under tests/run.sh, else this build.
 pub fn dos_dir() -> PathBuf {
-    Path::new(dos_bin()).parent().unwrap().to_path_buf()
+    match std::env::var("DOS_TEST_BIN_DIR") {
+        Ok(d) if !d.is_empty() => PathBuf::from(d),
+        _ => Path::new(dos_bin()).parent().unwrap().to_path_buf(),
+    }
 }
 
 pub fn path_with_dos() -> String {
@@ -251,7 +255,20 @@ pub fn dos_env(docker_host: &str, args: &[&str], vars: &[(&str, &str)]) -> Outpu
 /// The `dos ARGS` command, not yet started, with the local daemon as
 /// DOCKER_HOST and none of the CI variables of the machine running the tests.
 pub fn dos_command(docker_host: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(dos_bin());
+    dos_command_of(Path::new(dos_bin()), docker_host, args)
+}
+
+/// The binary that ships (scripts/build-static.sh), as tests/run.sh built
+/// it for the far sides.
+pub fn shipped_dos() -> PathBuf {
+    let bin = dos_dir().join("dos");
+    assert!(bin.exists(), "no shipped dos at {}", bin.display());
+    bin
+}
+
+/// [`dos_command`] of another dos binary.
+pub fn dos_command_of(bin: &Path, docker_host: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(bin);
     c.args(args)
         .env("DOCKER_HOST", docker_host)
         .env("PATH", path_with_dos())
@@ -447,4 +464,170 @@ pub fn tmpfs_used(root: &Path) -> u64 {
         .trim()
         .parse()
         .unwrap()
+}
+
+/// An ssh key whose authorized_keys line on the far host forces a command.
+pub struct LockedKey {
+    dir: tempfile::TempDir,
+}
+
+impl LockedKey {
+    /// A new key, installed on the far host as a forced
+    /// `dos pull --allow ALLOW`.
+    pub fn install(e: &Env, allow: &str) -> LockedKey {
+        LockedKey::forcing(e, &format!("dos pull --allow '{allow}'"))
+    }
+
+    /// A new key whose forced command is `command`.
+    pub fn forcing(e: &Env, command: &str) -> LockedKey {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        let ok = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "dos-locked", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let line = format!("command=\"{command}\",restrict {public}");
+        let test_dir = std::env::var("DOS_TEST_DIR").expect("DOS_TEST_DIR");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(format!("{test_dir}/authorized_keys"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, line.as_bytes()).unwrap();
+        // The environment's ssh config, with this key only.
+        let base = std::fs::read_to_string(&e.ssh_config).unwrap();
+        let cfg: String = base
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("IdentityFile") {
+                    format!("  IdentityFile {}", key.display())
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(dir.path().join("ssh_config"), cfg + "\n").unwrap();
+        LockedKey { dir }
+    }
+
+    /// An ssh config for the test hosts that offers this key only.
+    pub fn config(&self) -> String {
+        self.dir.path().join("ssh_config").display().to_string()
+    }
+}
+
+/// Run `cmd` with a pseudo-terminal as its stdin, stdout and stderr
+/// (util-linux `script`), typing `input`; returns its exit code and all it
+/// wrote to the terminal.
+pub fn run_in_pty(cmd: &Command, input: &str) -> (Option<i32>, String) {
+    let line: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| shlex::try_quote(a.to_str().unwrap()).unwrap().into_owned())
+        .collect();
+    let mut script = Command::new("script");
+    script
+        .args(["--quiet", "--return", "--flush", "--command"])
+        .arg(format!(
+            "stty cols {PTY_COLS} rows 50; exec {}",
+            line.join(" ")
+        ))
+        .arg("/dev/null")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => script.env(k, v),
+            None => script.env_remove(k),
+        };
+    }
+    let mut child = script.spawn().expect("running script");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The width [`run_in_pty`] gives its terminal.
+pub const PTY_COLS: usize = 120;
+
+/// Terminal output as a person reads it at the end: a small screen of
+/// [`PTY_COLS`] columns that wraps long lines and follows the escapes a
+/// redrawing display uses (cursor up and down, clear line); other escapes
+/// are dropped.
+pub fn screen_lines(raw: &str) -> Vec<String> {
+    let mut rows: Vec<Vec<char>> = vec![Vec::new()];
+    let (mut row, mut col) = (0usize, 0usize);
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                if chars.peek() != Some(&'[') {
+                    continue;
+                }
+                chars.next();
+                let mut arg = String::new();
+                let mut op = ' ';
+                while let Some(&n) = chars.peek() {
+                    chars.next();
+                    if n.is_ascii_alphabetic() {
+                        op = n;
+                        break;
+                    }
+                    arg.push(n);
+                }
+                let n: usize = arg.parse().unwrap_or(1);
+                match op {
+                    'A' => row = row.saturating_sub(n),
+                    'B' => row += n,
+                    'K' if arg == "2" => rows[row].clear(),
+                    'K' => rows[row].truncate(col),
+                    _ => {}
+                }
+            }
+            '\r' => col = 0,
+            '\n' => {
+                row += 1;
+                col = 0;
+            }
+            c => {
+                if col == PTY_COLS {
+                    row += 1;
+                    col = 0;
+                }
+                while rows.len() <= row {
+                    rows.push(Vec::new());
+                }
+                let line = &mut rows[row];
+                while line.len() < col {
+                    line.push(' ');
+                }
+                if col < line.len() {
+                    line[col] = c;
+                } else {
+                    line.push(c);
+                }
+                col += 1;
+            }
+        }
+        while rows.len() <= row {
+            rows.push(Vec::new());
+        }
+    }
+    rows.into_iter()
+        .map(|r| r.into_iter().collect::<String>().trim_end().to_string())
+        .collect()
 }

@@ -113,10 +113,34 @@ KbdInteractiveAuthentication no
 StrictModes no
 UsePAM no
 PidFile $DIR/sshd.pid
-SetEnv DOCKER_HOST=unix://$DIR/remote.sock DOS_SPOOL_DIR=$DIR/spool-remote PATH=$BIN_DIR:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+Port 2222
+Port 2223
+Port 2224
+# 22: dos on PATH. 2222: a host without dos (its own HOME, where dos may
+# copy itself). 2223: a host whose dos speaks another protocol. 2224: a
+# host of another architecture (as its uname says).
+Match LocalPort 22
+  SetEnv DOCKER_HOST=unix://$DIR/remote.sock DOS_SPOOL_DIR=$DIR/spool-remote PATH=$BIN_DIR:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+Match LocalPort 2222
+  SetEnv DOCKER_HOST=unix://$DIR/remote.sock DOS_SPOOL_DIR=$DIR/spool-remote HOME=$DIR/bare-home PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+Match LocalPort 2223
+  SetEnv DOCKER_HOST=unix://$DIR/remote.sock DOS_SPOOL_DIR=$DIR/spool-remote HOME=$DIR/old-home PATH=$DIR/old-bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+Match LocalPort 2224
+  SetEnv DOCKER_HOST=unix://$DIR/remote.sock HOME=$DIR/arm-home PATH=$DIR/arm-bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 CFG
+  mkdir -p "$DIR/bare-home" "$DIR/old-home" "$DIR/old-bin" "$DIR/arm-home" "$DIR/arm-bin"
+  printf '#!/bin/sh\ncase "$1" in -m) echo aarch64 ;; *) exec /bin/uname "$@" ;; esac\n' >"$DIR/arm-bin/uname"
+  chmod 755 "$DIR/arm-bin/uname"
+  # An older dos: says hello with protocol version 1, then exits.
+  cat >"$DIR/old-bin/dos" <<'OLD'
+#!/usr/bin/env python3
+import json, struct, sys
+hello = json.dumps({"role": "pull", "image": sys.argv[-1], "release": "0.0.9", "features": []}).encode()
+sys.stdout.buffer.write(b"\x89DOS\r\n\x1a\n" + struct.pack(">HI", 1, len(hello)) + hello)
+OLD
+  chmod 755 "$DIR/old-bin/dos"
   nsenter --net=/run/netns/"$ns" /usr/sbin/sshd -f "$DIR/sshd_config" -E "$DIR/sshd.log"
-  echo "$rip $(cat "$DIR/hostkey.pub")" >"$DIR/known_hosts"
+  for h in "$rip" "[$rip]:2222" "[$rip]:2223" "[$rip]:2224"; do echo "$h $(cat "$DIR/hostkey.pub")"; done >"$DIR/known_hosts"
   cat >"$DIR/ssh_config" <<CFG
 Host remote
   HostName $rip
@@ -127,6 +151,21 @@ Host remote
   StrictHostKeyChecking yes
   BatchMode yes
   LogLevel ERROR
+Host bare old arm
+  HostName $rip
+  User root
+  IdentityFile $DIR/id
+  IdentitiesOnly yes
+  UserKnownHostsFile $DIR/known_hosts
+  StrictHostKeyChecking yes
+  BatchMode yes
+  LogLevel ERROR
+Host bare
+  Port 2222
+Host old
+  Port 2223
+Host arm
+  Port 2224
 CFG
 
   # Today's engines. None available is a failure, not a skip.
@@ -154,6 +193,7 @@ CFG
 
   cat >"$DIR/env" <<ENV
 export DOS_TEST_DIR=$DIR
+export DOS_TEST_BIN_DIR=$BIN_DIR
 export DOS_TEST_LOCAL=unix://$DIR/local.sock
 export DOS_TEST_PEER=unix://$DIR/peer.sock
 export DOS_TEST_REMOTE=unix://$DIR/remote.sock

@@ -100,6 +100,7 @@ async fn feed<R: AsyncRead + Unpin>(
                 check_wanted(&expected, &got, &diff_id)?;
                 let a = Arriving::tar(&diff_id, len, 0);
                 layer(&mut dec, &send, plan, &keep, a).await?;
+                plan.tell_verified(&diff_id);
                 lens.insert(diff_id.clone(), len);
                 got.insert(diff_id);
             }
@@ -111,6 +112,7 @@ async fn feed<R: AsyncRead + Unpin>(
                 check_wanted(&expected, &got, &diff_id)?;
                 let a = Arriving::tar(&diff_id, len, offset);
                 layer(&mut dec, &send, plan, &keep, a).await?;
+                plan.tell_verified(&diff_id);
                 lens.insert(diff_id.clone(), len);
                 got.insert(diff_id);
             }
@@ -132,6 +134,7 @@ async fn feed<R: AsyncRead + Unpin>(
                     unpack: Some(compression),
                 };
                 layer(&mut dec, &send, plan, &keep, a).await?;
+                plan.tell_verified(&diff_id);
                 as_blobs.insert(diff_id.clone(), i);
                 got.insert(diff_id);
             }
@@ -210,6 +213,7 @@ mod tests {
         let diff_ids = vec![diff_id.clone()];
         let source = SourceManifest::check(manifest.clone(), &image_id, &diff_ids).unwrap();
         let plan = ReceivePlan {
+            verified: None,
             image_id,
             diff_ids,
             have: 0,

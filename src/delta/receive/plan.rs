@@ -10,6 +10,8 @@ use crate::engine::{Compression, Layout};
 pub(super) const CHUNK: usize = 128 * 1024;
 
 pub struct ReceivePlan {
+    /// Told the diffID of each layer received that checks out.
+    pub verified: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     pub image_id: String,
     pub diff_ids: Vec<String>,
     pub have: usize,
@@ -69,6 +71,12 @@ impl SourceManifest {
 }
 
 impl ReceivePlan {
+    pub(super) fn tell_verified(&self, diff_id: &str) {
+        if let Some(tx) = &self.verified {
+            let _ = tx.send(diff_id.to_string());
+        }
+    }
+
     /// The image is loaded: its spooled layers are no longer needed.
     pub fn clean_spool(&mut self) {
         for (_, e) in self.held.drain() {

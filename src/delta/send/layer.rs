@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 use crate::delta::records;
 use crate::delta::unpack::{Hashing, Unpack};
 use crate::engine::Packed;
+use crate::progress::Board;
 use crate::tarstream::TarReader;
 
 use super::plan::{SendPlan, CHUNK};
@@ -32,7 +33,9 @@ pub(super) async fn write_header<W: AsyncWrite + Unpin>(
     diff_id: &str,
     len: u64,
     skip: u64,
+    board: &Board,
 ) -> Result<()> {
+    board.sending(diff_id, len, skip);
     if skip > 0 {
         tracing::info!(
             "dos: resuming layer {} at {skip} of {len} bytes",
@@ -55,10 +58,10 @@ pub(super) async fn stream_layer<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     diff_id: &str,
     len: u64,
     skip: u64,
-    read: &AtomicU64,
+    plan: &SendPlan,
 ) -> Result<()> {
-    write_header(enc, diff_id, len, skip).await?;
-    copy_entry(tar, enc, diff_id, len, skip, read).await
+    write_header(enc, diff_id, len, skip, &plan.board).await?;
+    copy_entry(tar, enc, diff_id, len, skip, &plan.read).await
 }
 
 /// Copy the export's current entry (layer `diff_id`, as a tar or a blob)
@@ -198,7 +201,7 @@ pub(super) async fn send_file<W: AsyncWrite + Unpin>(
 ) -> Result<u64> {
     let skip = resume_offset(plan, diff_id, len);
     file.seek(io::SeekFrom::Start(skip)).await?;
-    write_header(enc, diff_id, len, skip).await?;
+    write_header(enc, diff_id, len, skip, &plan.board).await?;
     let copied = tokio::io::copy(file, enc).await?;
     if copied != len - skip {
         bail!(

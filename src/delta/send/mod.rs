@@ -194,7 +194,7 @@ where
             }
         };
         let skip = resume_offset(plan, &layer.diff_id, len);
-        write_header(&mut o.enc, &layer.diff_id, len, skip).await?;
+        write_header(&mut o.enc, &layer.diff_id, len, skip, &plan.board).await?;
         // Never more than the header announced; what is left over means the
         // store changed while being read.
         let mut body = layer.reader(skip).take(len - skip);
@@ -282,9 +282,10 @@ where
         let packed = compression.is_some();
         let skip = resume_offset(plan, if packed { &blob.digest } else { d }, len);
         if packed {
+            plan.board.sending(d, len, skip);
             records::write_blob_header(&mut o.enc, d, &blob.digest, len, skip).await?;
         } else {
-            write_header(&mut o.enc, d, len, skip).await?;
+            write_header(&mut o.enc, d, len, skip, &plan.board).await?;
         }
         let mut f = tokio::fs::File::from_std(file);
         f.seek(io::SeekFrom::Start(skip)).await?;
@@ -344,6 +345,7 @@ mod tests {
             sizes: false,
             packed: HashMap::new(),
             blobs: false,
+            board: crate::progress::Board::unseen(),
         };
         let mut wire = Vec::new();
         let stats = send_stored(store, &plan, &mut wire, || &export[..])

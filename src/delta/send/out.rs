@@ -89,7 +89,7 @@ impl<W: AsyncWrite + Unpin> Out<W> {
                 match dirs.get(dir).map(|&i| plan.diff_ids[i].clone()) {
                     Some(d) if missing.contains(d.as_str()) && !sent.contains(&d) => {
                         let skip = resume_offset(plan, &d, entry.size);
-                        stream_layer(&mut tar, enc, &d, entry.size, skip, &plan.read).await?;
+                        stream_layer(&mut tar, enc, &d, entry.size, skip, plan).await?;
                         stats.count(entry.size, skip);
                         lens.insert(d.clone(), entry.size);
                         sent.insert(d);
@@ -119,6 +119,7 @@ impl<W: AsyncWrite + Unpin> Out<W> {
                     let wanted = missing.contains(p.diff_id.as_str()) && !sent.contains(&p.diff_id);
                     if wanted && plan.blobs {
                         let skip = resume_offset(plan, &d, entry.size);
+                        plan.board.sending(&p.diff_id, entry.size, skip);
                         records::write_blob_header(enc, &p.diff_id, &d, entry.size, skip).await?;
                         copy_entry(&mut tar, enc, &p.diff_id, entry.size, skip, &plan.read).await?;
                         stats.count(entry.size, skip);
@@ -138,7 +139,7 @@ impl<W: AsyncWrite + Unpin> Out<W> {
                     *config_sent = true;
                 } else if missing.contains(d.as_str()) && !sent.contains(&d) {
                     let skip = resume_offset(plan, &d, entry.size);
-                    stream_layer(&mut tar, enc, &d, entry.size, skip, &plan.read).await?;
+                    stream_layer(&mut tar, enc, &d, entry.size, skip, plan).await?;
                     stats.count(entry.size, skip);
                     sent.insert(d);
                 }

@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use crate::engine::Packed;
+use crate::progress::Board;
 
 pub(super) const CHUNK: usize = 128 * 1024;
 
@@ -28,6 +29,8 @@ pub struct SendPlan {
     /// image the same ID. Else they are unpacked here and cross as tars
     /// (zstd on the wire is smaller than their gzip).
     pub blobs: bool,
+    /// What the progress display shows; told of each layer as it starts.
+    pub board: Arc<Board>,
 }
 
 impl SendPlan {
