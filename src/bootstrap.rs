@@ -149,18 +149,10 @@ async fn probe(to: &Target, exe: &Executable) -> Result<Found> {
         r#"echo {PROBE_MARK}; uname -s; uname -m; c="{FAR_DIR}/{name}"; if [ -x "$c" ]; then (sha256sum "$c" 2>/dev/null || shasum -a 256 "$c" 2>/dev/null) | cut -d' ' -f1; else echo none; fi"#,
         name = far_name()
     );
-    let argv = to
-        .host
-        .command(&to.ssh, &format!("sh -c {}", quote(&script)));
-    let out = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
+    let out = far_sh(to, &script, Stdio::null())
         .output()
         .await
-        .with_context(|| format!("running {}", argv[0]))?;
+        .with_context(|| format!("running {}", to.ssh[0]))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().map(str::trim).collect();
     match lines.as_slice() {
@@ -180,6 +172,21 @@ async fn probe(to: &Target, exe: &Executable) -> Result<Found> {
             printed(&out.stderr)
         ))),
     }
+}
+
+/// `script` run by `sh` on the far host over the user's ssh (sh, whatever
+/// the user's login shell), its stdout and stderr piped here.
+fn far_sh(to: &Target, script: &str, stdin: Stdio) -> tokio::process::Command {
+    let argv = to
+        .host
+        .command(&to.ssh, &format!("sh -c {}", quote(script)));
+    let mut c = tokio::process::Command::new(&argv[0]);
+    c.args(&argv[1..])
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    c
 }
 
 /// The user's yes: `--install`, or an answer at the terminal.
@@ -232,17 +239,9 @@ async fn install(to: &Target, exe: &Executable) -> Result<()> {
         r#"set -e; umask 022; d="{FAR_DIR}"; mkdir -p "$d"; t="$d/.{name}.$$"; trap 'rm -f "$t"' EXIT; cat >"$t"; s=$( (sha256sum "$t" 2>/dev/null || shasum -a 256 "$t") | cut -d' ' -f1); if [ "$s" != {sum} ]; then echo "dos: the copy arrived with sha256 $s, not {sum}" >&2; exit 1; fi; chmod 755 "$t"; "$t" --version >/dev/null; mv -f "$t" "$d/{name}"; trap - EXIT; echo dos-installed"#,
         sum = exe.sha256
     );
-    let argv = to
-        .host
-        .command(&to.ssh, &format!("sh -c {}", quote(&script)));
-    let mut child = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
+    let mut child = far_sh(to, &script, Stdio::piped())
         .spawn()
-        .with_context(|| format!("running {}", argv[0]))?;
+        .with_context(|| format!("running {}", to.ssh[0]))?;
     let mut stdin = child.stdin.take().context("ssh stdin")?;
     let mut file = tokio::fs::File::open(&exe.path)
         .await

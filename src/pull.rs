@@ -472,7 +472,7 @@ async fn via_registry(
     // The daemon's pull goes through the relay, its blobs into the spool.
     let relay = Relay::new(mux.clone(), creds.clone());
     let acceptor = relay.serve(listener);
-    tracing::debug!("dos: pulling {wanted_str} through the relay");
+    tracing::info!("dos: pulling {wanted_str} through the relay");
     let daemon = &engine.daemon;
     let pulled_ref = format!("{source}@{}", offer.manifest);
     let prefix = format!("{addr}/");

@@ -34,6 +34,12 @@ fn sha256_of(p: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(p).unwrap()))
 }
 
+/// A host's HOME as a new one: no dos copied there yet (a rerun of the
+/// tests in the same environment starts over).
+fn fresh_home(home: &str) {
+    let _ = std::fs::remove_dir_all(test_dir().join(home).join(".cache"));
+}
+
 /// The cache a host's HOME holds dos copies in, and what is in it.
 fn cached(home: &str) -> Vec<String> {
     let dir = test_dir().join(home).join(".cache/dos/bin");
@@ -92,6 +98,7 @@ fn a_host_with_dos_gets_the_image_over_the_users_ssh() {
 #[test]
 fn dos_brings_itself_to_a_host_without_it_only_when_told() {
     let e = need_env!();
+    fresh_home("bare-home");
     let v1 = format!("{}:1", unique("to-bare"));
     let id1 = build_image(&e.local, &v1, fresh_seed(), 64 * 1024, "bare 1\n");
 
@@ -142,6 +149,7 @@ fn dos_brings_itself_to_a_host_without_it_only_when_told() {
 #[test]
 fn a_dos_of_another_protocol_is_replaced_by_this_one() {
     let e = need_env!();
+    fresh_home("old-home");
     let image = format!("{}:1", unique("to-old"));
     let id = build_image(&e.local, &image, fresh_seed(), 32 * 1024, "old\n");
     let out = push_to(e, &e.ssh_config, &image, &["--to", "old", "--install"]);

@@ -142,7 +142,7 @@ OLD
   nsenter --net=/run/netns/"$ns" /usr/sbin/sshd -f "$DIR/sshd_config" -E "$DIR/sshd.log"
   for h in "$rip" "[$rip]:2222" "[$rip]:2223" "[$rip]:2224"; do echo "$h $(cat "$DIR/hostkey.pub")"; done >"$DIR/known_hosts"
   cat >"$DIR/ssh_config" <<CFG
-Host remote
+Host remote bare old arm
   HostName $rip
   User root
   IdentityFile $DIR/id
@@ -151,15 +151,7 @@ Host remote
   StrictHostKeyChecking yes
   BatchMode yes
   LogLevel ERROR
-Host bare old arm
-  HostName $rip
-  User root
-  IdentityFile $DIR/id
-  IdentitiesOnly yes
-  UserKnownHostsFile $DIR/known_hosts
-  StrictHostKeyChecking yes
-  BatchMode yes
-  LogLevel ERROR
+# The same host; ssh takes the first Port it meets, so these come after.
 Host bare
   Port 2222
 Host old
