@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark, one command (as root, on a fresh Debian machine):
 #   bench/run.sh [--rate 20mbit] [--delay-ms 25] [--scale 1.0] [--scenarios …] [--methods …]
-# Builds dos (release), starts two hosts (tests/harness/env.sh: a network
+# Builds dos as it ships (the static binary), starts two hosts (tests/harness/env.sh: a network
 # namespace with sshd and its own Docker daemon), shapes the link, and
 # prints a table: dos against docker save | gzip | ssh docker load,
 # save | zstd | ssh load, a registry over ssh -R, and dos's registry relay.
@@ -13,9 +13,8 @@ fi
 command -v /usr/bin/time >/dev/null || {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null
 }
-target=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release --locked
+bin_dir=$(dirname "$(scripts/build-static.sh)")
 dir=$(mktemp -d /tmp/dos-bench.XXXXXX)
 trap 'tests/harness/env.sh down "$dir"' EXIT
-BIN_DIR=$target/release tests/harness/env.sh up "$dir"
-python3 bench/bench.py --env "$dir/env" --dos-dir "$target/release" "$@"
+BIN_DIR=$bin_dir tests/harness/env.sh up "$dir"
+python3 bench/bench.py --env "$dir/env" --dos-dir "$bin_dir" "$@"
