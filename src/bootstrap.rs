@@ -54,10 +54,17 @@ fn far_name() -> String {
     format!("dos-{}", env!("CARGO_PKG_VERSION"))
 }
 
+impl Target {
+    /// The argv that runs the far host's own `dos pull IMAGE`.
+    pub fn pull_command(&self, image: &str) -> Vec<String> {
+        self.host
+            .command(&self.ssh, &format!("dos pull {}", quote(image)))
+    }
+}
+
 /// Push `opts.image` to `to`, bringing dos there if it must.
 pub async fn push_to(mut opts: PushOptions, to: &Target) -> Result<PushReport> {
-    let pull = format!("dos pull {}", quote(&opts.image));
-    opts.command = to.host.command(&to.ssh, &pull);
+    opts.command = to.pull_command(&opts.image);
     let err = match push::push(opts.clone()).await {
         Ok(r) => return Ok(r),
         Err(e) => e,

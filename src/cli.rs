@@ -147,3 +147,25 @@ pub struct PullArgs {
     #[command(flatten)]
     pub link: LinkArgs,
 }
+
+impl PushArgs {
+    /// The host `--to` names, with the ssh that reaches it.
+    pub fn target(&self) -> anyhow::Result<Option<crate::bootstrap::Target>> {
+        use crate::bootstrap::{Install, Target};
+        let Some(h) = &self.to else { return Ok(None) };
+        let ssh = shlex::split(&self.ssh)
+            .filter(|w| !w.is_empty())
+            .ok_or_else(|| {
+                crate::error::SetupError(format!("--ssh {:?}: not a command", self.ssh))
+            })?;
+        Ok(Some(Target {
+            host: crate::host::Host::parse(h)?,
+            ssh,
+            install: if self.install {
+                Install::Yes
+            } else {
+                Install::Ask
+            },
+        }))
+    }
+}

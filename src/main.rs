@@ -96,6 +96,7 @@ fn main() {
 }
 
 async fn push(a: dos::cli::PushArgs, docker_host: Option<String>) -> anyhow::Result<()> {
+    let target = a.target()?;
     let mut opts = dos::push::PushOptions::new(a.image.clone(), strip_dashdash(a.command));
     opts.registry_port = a.registry_port;
     opts.via = a.via;
@@ -107,30 +108,9 @@ async fn push(a: dos::cli::PushArgs, docker_host: Option<String>) -> anyhow::Res
     } else {
         Mode::for_stderr()
     };
-    let target = match &a.to {
-        Some(h) => Some(dos::bootstrap::Target {
-            host: dos::host::Host::parse(h)?,
-            ssh: shlex::split(&a.ssh)
-                .filter(|w| !w.is_empty())
-                .ok_or_else(|| {
-                    anyhow::anyhow!(dos::error::SetupError(format!(
-                        "--ssh {:?}: not a command",
-                        a.ssh
-                    )))
-                })?,
-            install: if a.install {
-                dos::bootstrap::Install::Yes
-            } else {
-                dos::bootstrap::Install::Ask
-            },
-        }),
-        None => None,
-    };
     if a.explain {
         if let Some(t) = &target {
-            opts.command = t
-                .host
-                .command(&t.ssh, &format!("dos pull {}", dos::host::quote(&a.image)));
+            opts.command = t.pull_command(&a.image);
         }
         // The push side's stdout is the user's: the plan goes there.
         print!("{}", opts.plan());
@@ -141,35 +121,8 @@ async fn push(a: dos::cli::PushArgs, docker_host: Option<String>) -> anyhow::Res
         Some(t) => dos::bootstrap::push_to(opts, t).await?,
         None => dos::push::push(opts).await?,
     };
-    tracing::info!(
-        "dos: {} is on the far daemon{}{} (via {}{}; {} bytes sent, {} received, {:.1}s)",
-        report.image_id,
-        report
-            .far_engine
-            .as_deref()
-            .map(|e| format!(", {e}"))
-            .unwrap_or_default(),
-        report
-            .local_id
-            .as_deref()
-            .map(|l| format!(
-                "; {l} here, on {}: the same config and layers",
-                report.local_engine
-            ))
-            .unwrap_or_default(),
-        report.path,
-        report
-            .source
-            .map(|s| format!(", read by {s}"))
-            .unwrap_or_default(),
-        report.wire_out,
-        report.wire_in,
-        report.elapsed.as_secs_f64()
-    );
-    let host = match &target {
-        Some(t) => t.host.to_string(),
-        None => "the far side".to_string(),
-    };
+    tracing::info!("dos: {}", report.detail());
+    let host = target.map_or_else(|| "the far side".to_string(), |t| t.host.to_string());
     dos::progress::write_stderr(format!("{}\n", report.summary(&a.image, &host)).as_bytes());
     Ok(())
 }

@@ -92,6 +92,33 @@ pub struct PushReport {
 }
 
 impl PushReport {
+    /// What the far side holds and how it got there: "sha256:… is on the
+    /// far daemon, Docker … (via delta, read by …; N bytes sent, …)".
+    pub fn detail(&self) -> String {
+        format!(
+            "{} is on the far daemon{}{} (via {}{}; {} bytes sent, {} received, {:.1}s)",
+            self.image_id,
+            self.far_engine
+                .as_deref()
+                .map(|e| format!(", {e}"))
+                .unwrap_or_default(),
+            self.local_id
+                .as_deref()
+                .map(|l| format!(
+                    "; {l} here, on {}: the same config and layers",
+                    self.local_engine
+                ))
+                .unwrap_or_default(),
+            self.path,
+            self.source
+                .map(|s| format!(", read by {s}"))
+                .unwrap_or_default(),
+            self.wire_out,
+            self.wire_in,
+            self.elapsed.as_secs_f64()
+        )
+    }
+
     /// The line a push ends with: "app:2 on prod: sent 1.7 MB of 232.0 MB
     /// (2 of 3 layers were there) in 1.8 s".
     pub fn summary(&self, image: &str, host: &str) -> String {
