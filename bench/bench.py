@@ -84,8 +84,11 @@ class Bed:
         with open(path, "w") as f:
             f.write(base)
             if delay_ms:
+                # A block of its own, last: ssh takes the first value it
+                # meets, and no host sets one. (Appended to the last block,
+                # it applied to that block's hosts only.)
                 delay = os.path.join(os.path.dirname(os.path.abspath(__file__)), "delay.py")
-                f.write(f"  ProxyCommand {shlex.quote(sys.executable)} {delay} {delay_ms} %h %p\n")
+                f.write(f"Host *\n  ProxyCommand {shlex.quote(sys.executable)} {delay} {delay_ms} %h %p\n")
         return path
 
     def local_env(self, fresh=False):

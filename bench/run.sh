@@ -16,5 +16,12 @@ command -v /usr/bin/time >/dev/null || {
 bin_dir=$(dirname "$(scripts/build-static.sh)")
 dir=$(mktemp -d /tmp/dos-bench.XXXXXX)
 trap 'tests/harness/env.sh down "$dir"' EXIT
+if [[ ${1:-} == --fanout ]]; then
+  # The push to several hosts: five of them behind one uplink.
+  shift
+  FAN_HOSTS=5 BIN_DIR=$bin_dir tests/harness/env.sh up "$dir"
+  python3 bench/fanout.py --env "$dir/env" --dos-dir "$bin_dir" "$@"
+  exit
+fi
 BIN_DIR=$bin_dir tests/harness/env.sh up "$dir"
 python3 bench/bench.py --env "$dir/env" --dos-dir "$bin_dir" "$@"

@@ -32,6 +32,9 @@ pub enum Install {
     Ask,
     /// Copy it without asking (`--install`).
     Yes,
+    /// Refuse, saying `--install` (a push to several hosts asks no one:
+    /// their prompts would interleave).
+    No,
 }
 
 /// Where a host is and how it is reached.
@@ -210,7 +213,9 @@ fn agree(to: &Target, why: &str, exe: &Executable) -> Result<()> {
     if to.install == Install::Yes {
         return Ok(());
     }
-    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+    if to.install == Install::No
+        || !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal())
+    {
         bail!(refuse());
     }
     eprint!(

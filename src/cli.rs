@@ -75,9 +75,14 @@ pub struct PushArgs {
     pub command: Vec<String>,
     /// The far host, reached with your own ssh (its config, agent and
     /// known_hosts): `[ssh://][user@]host[:port]` or an ssh config alias.
-    /// dos runs `dos pull IMAGE` there.
-    #[arg(long, value_name = "HOST")]
-    pub to: Option<String>,
+    /// dos runs `dos pull IMAGE` there. Repeat it (or give `h1,h2`) to push
+    /// to several hosts at once.
+    #[arg(long, value_name = "HOST", value_delimiter = ',')]
+    pub to: Vec<String>,
+    /// With several --to hosts: at most N sessions at once.
+    #[arg(long, value_name = "N", default_value_t = crate::fanout::DEFAULT_PARALLEL,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..256))]
+    pub parallel: usize,
     /// With --to: should the far host have no dos, or one of another
     /// protocol, copy this one to ~/.cache/dos/bin there without asking.
     #[arg(long, requires = "to")]
@@ -149,23 +154,29 @@ pub struct PullArgs {
 }
 
 impl PushArgs {
-    /// The host `--to` names, with the ssh that reaches it.
-    pub fn target(&self) -> anyhow::Result<Option<crate::bootstrap::Target>> {
+    /// The hosts `--to` names, with the ssh that reaches them.
+    pub fn targets(&self) -> anyhow::Result<Vec<crate::bootstrap::Target>> {
         use crate::bootstrap::{Install, Target};
-        let Some(h) = &self.to else { return Ok(None) };
         let ssh = shlex::split(&self.ssh)
             .filter(|w| !w.is_empty())
             .ok_or_else(|| {
                 crate::error::SetupError(format!("--ssh {:?}: not a command", self.ssh))
             })?;
-        Ok(Some(Target {
-            host: crate::host::Host::parse(h)?,
-            ssh,
-            install: if self.install {
-                Install::Yes
-            } else {
-                Install::Ask
-            },
-        }))
+        let mut seen = std::collections::HashSet::new();
+        self.to
+            .iter()
+            .filter(|h| seen.insert(h.as_str()))
+            .map(|h| {
+                Ok(Target {
+                    host: crate::host::Host::parse(h)?,
+                    ssh: ssh.clone(),
+                    install: if self.install {
+                        Install::Yes
+                    } else {
+                        Install::Ask
+                    },
+                })
+            })
+            .collect()
     }
 }

@@ -8,6 +8,7 @@
 //! | 3    | local Docker: daemon unreachable, image not found |
 //! | 4    | transport: command not found, far side not speaking dos, version mismatch, connection lost |
 //! | 5    | the far side refused or failed (e.g. its docker pull) |
+//! | 6    | a push to several hosts: some got the image, some failed for different reasons (every host failing for the same one exits with its code) |
 //! | 130  | interrupted (Ctrl-C, SIGTERM) |
 
 use thiserror::Error;
@@ -54,6 +55,15 @@ impl PeerError {
 #[error("interrupted")]
 pub struct Interrupted;
 
+/// A push to several hosts where some failed: each named, with the exit
+/// code its own failure maps to.
+#[derive(Debug, Error)]
+#[error("{} of {of} hosts failed: {}", failed.len(), failed.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>().join(", "))]
+pub struct FanoutError {
+    pub of: usize,
+    pub failed: Vec<(String, i32)>,
+}
+
 fn shown(printed: &str) -> String {
     if printed.trim().is_empty() {
         String::new()
@@ -67,6 +77,14 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
         if cause.is::<Interrupted>() {
             return 130;
+        }
+        if let Some(f) = cause.downcast_ref::<FanoutError>() {
+            let first = f.failed.first().map_or(1, |(_, c)| *c);
+            return if f.failed.iter().all(|(_, c)| *c == first) {
+                first
+            } else {
+                6
+            };
         }
         if cause.is::<SetupError>() || cause.is::<crate::reference::InvalidReference>() {
             return 2;

@@ -18,6 +18,7 @@
 //! - [`docker`]: the Docker daemon API (bollard), connected like the docker CLI.
 //! - [`push`] / [`pull`]: the two commands.
 //! - [`host`], [`bootstrap`]: `--to HOST` over the user's ssh, and dos copying itself to a host without it.
+//! - [`fanout`]: one push to several hosts, each layer read and compressed once.
 //! - [`plugin`]: dos as the Docker CLI plugin `docker dos`.
 //! - [`settings`]: every setting read from the environment, in one place.
 //! - [`setup`]: where a push runs (CI variables, DOCKER_HOST) and the push plan.
@@ -39,6 +40,7 @@ pub mod delta;
 pub mod docker;
 pub mod engine;
 pub mod error;
+pub mod fanout;
 pub mod gate;
 pub mod host;
 pub mod http;

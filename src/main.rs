@@ -96,7 +96,7 @@ fn main() {
 }
 
 async fn push(a: dos::cli::PushArgs, docker_host: Option<String>) -> anyhow::Result<()> {
-    let target = a.target()?;
+    let mut targets = a.targets()?;
     let mut opts = dos::push::PushOptions::new(a.image.clone(), strip_dashdash(a.command));
     opts.registry_port = a.registry_port;
     opts.via = a.via;
@@ -109,7 +109,7 @@ async fn push(a: dos::cli::PushArgs, docker_host: Option<String>) -> anyhow::Res
         Mode::for_stderr()
     };
     if a.explain {
-        if let Some(t) = &target {
+        if let Some(t) = targets.first() {
             opts.command = t.pull_command(&a.image);
         }
         // The push side's stdout is the user's: the plan goes there.
@@ -117,12 +117,32 @@ async fn push(a: dos::cli::PushArgs, docker_host: Option<String>) -> anyhow::Res
         print!("{}", dos::push::explain_engines(&opts).await);
         return Ok(());
     }
-    let report = match &target {
+    if targets.len() > 1 {
+        for t in &mut targets {
+            if t.install == dos::bootstrap::Install::Ask {
+                t.install = dos::bootstrap::Install::No;
+            }
+        }
+        let report = dos::fanout::push_many(opts, targets, a.parallel).await?;
+        for h in &report.hosts {
+            match &h.result {
+                Ok(r) => tracing::info!("dos: {}: {}", h.host, r.detail()),
+                Err(e) => dos::progress::write_stderr(
+                    format!("dos: {}: error: {e:#}\n", h.host).as_bytes(),
+                ),
+            }
+        }
+        dos::progress::write_stderr(report.table(&a.image).as_bytes());
+        return report.into_result();
+    }
+    let report = match targets.first() {
         Some(t) => dos::bootstrap::push_to(opts, t).await?,
         None => dos::push::push(opts).await?,
     };
     tracing::info!("dos: {}", report.detail());
-    let host = target.map_or_else(|| "the far side".to_string(), |t| t.host.to_string());
+    let host = targets
+        .first()
+        .map_or_else(|| "the far side".to_string(), |t| t.host.to_string());
     dos::progress::write_stderr(format!("{}\n", report.summary(&a.image, &host)).as_bytes());
     Ok(())
 }

@@ -21,8 +21,8 @@ use crate::engine::{Engine, Ids, Loaded};
 use crate::error::{PeerError, SetupError};
 use crate::mux::{self, Event, Liveness, Mux, Session, Side};
 use crate::protocol::handshake::{
-    self, DeltaPlan, Hello, Role, FEATURE_DELTA, FEATURE_EARLY_PLAN, FEATURE_HEARTBEAT,
-    FEATURE_PROGRESS,
+    self, DeltaPlan, Hello, Role, FEATURE_DELTA, FEATURE_EARLY_PLAN, FEATURE_FRAMES,
+    FEATURE_HEARTBEAT, FEATURE_PROGRESS,
 };
 use crate::protocol::message::{FarImage, Message, Offer, Resume};
 use crate::reference::ImageRef;
@@ -111,6 +111,7 @@ async fn run(opts: PullOptions) -> Result<()> {
     if delta {
         // Says when each layer checks out, to a pusher that shows progress.
         features.push(FEATURE_PROGRESS.into());
+        features.push(FEATURE_FRAMES.into());
     }
     let hello = Hello {
         role: Role::Pull,

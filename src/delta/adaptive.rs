@@ -56,11 +56,23 @@ pub struct AdaptiveZstd<W> {
     blocked_since: Option<Instant>,
     blocked: Duration,
     written: u64,
+    /// Off for a stream at a fixed level.
+    adapting: bool,
 }
 
 impl<W: AsyncWrite + Unpin> AdaptiveZstd<W> {
     pub fn new(inner: W) -> io::Result<AdaptiveZstd<W>> {
-        let mut enc = Encoder::new(START_LEVEL)?;
+        AdaptiveZstd::at(inner, START_LEVEL, true)
+    }
+
+    /// The same encoder at a fixed level (a frame written for several
+    /// links, [`super::shared`]).
+    pub fn fixed(inner: W, level: i32) -> io::Result<AdaptiveZstd<W>> {
+        AdaptiveZstd::at(inner, level, false)
+    }
+
+    fn at(inner: W, level: i32, adapting: bool) -> io::Result<AdaptiveZstd<W>> {
+        let mut enc = Encoder::new(level)?;
         for p in [
             CParameter::NbWorkers(2),
             CParameter::WindowLog(WINDOW_LOG),
@@ -74,13 +86,32 @@ impl<W: AsyncWrite + Unpin> AdaptiveZstd<W> {
             buf: vec![0u8; BUF].into_boxed_slice(),
             pos: 0,
             len: 0,
-            level: START_LEVEL,
+            level,
             finished: false,
             since: Instant::now(),
             blocked_since: None,
             blocked: Duration::ZERO,
             written: 0,
+            adapting,
         })
+    }
+
+    pub fn inner(&self) -> &W {
+        &self.inner
+    }
+
+    /// End the current frame and write it out; what follows starts a new
+    /// one. Between the two, bytes written to [`Self::inner_mut`] go on the
+    /// wire as they are: a frame compressed elsewhere ([`super::shared`]).
+    pub async fn end_frame(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_out(cx, true)).await?;
+        self.enc.reinit()?;
+        self.finished = false;
+        Ok(())
+    }
+
+    pub fn inner_mut(&mut self) -> &mut W {
+        &mut self.inner
     }
 
     pub fn level(&self) -> i32 {
@@ -142,7 +173,7 @@ impl<W: AsyncWrite + Unpin> AdaptiveZstd<W> {
     /// straight to the lowest level if we held the link up nearly always.
     fn adapt(&mut self) {
         let elapsed = self.since.elapsed();
-        if elapsed < PERIOD {
+        if !self.adapting || elapsed < PERIOD {
             return;
         }
         if self.written == 0 && self.blocked.is_zero() {

@@ -10,6 +10,7 @@
 //! - [`unpack`]: compressed layer blobs back to tars, checked as they come.
 //! - [`store`]: layers read straight out of the local daemon's store.
 //! - [`content`]: blobs read straight out of a containerd content store.
+//! - [`shared`]: a fan-out's layers, read and compressed once for every host.
 //! - [`send`] / [`receive`]: the two ends.
 
 pub mod adaptive;
@@ -19,6 +20,7 @@ pub mod proof;
 pub mod receive;
 pub mod records;
 pub mod send;
+pub mod shared;
 pub mod spool;
 pub mod store;
 pub mod unpack;

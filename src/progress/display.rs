@@ -34,7 +34,7 @@ impl Mode {
 }
 
 /// The live display while it is up: stderr's other writers print above it.
-static LIVE: Mutex<Option<MultiProgress>> = Mutex::new(None);
+pub(super) static LIVE: Mutex<Option<MultiProgress>> = Mutex::new(None);
 
 /// Write to stderr without garbling a live display.
 pub fn write_stderr(bytes: &[u8]) {
@@ -78,6 +78,8 @@ pub struct Display {
     mode: Mode,
     board: Arc<Board>,
     live: Option<Arc<Mutex<Live>>>,
+    /// The host plain lines name (a fan-out).
+    label: Option<Arc<str>>,
 }
 
 struct Live {
@@ -117,14 +119,16 @@ fn line() -> ProgressBar {
 }
 
 impl Display {
-    pub fn start(board: Arc<Board>, mode: Mode) -> Display {
+    /// Draw `board`; plain lines name `label` (a fan-out's host) if given.
+    pub fn start(board: Arc<Board>, mode: Mode, label: Option<&str>) -> Display {
+        let label: Option<Arc<str>> = label.map(Arc::from);
         let live = (mode == Mode::Live).then(|| {
             let l = Live::new();
             *LIVE.lock().unwrap() = Some(l.mp.clone());
             Arc::new(Mutex::new(l))
         });
         let ticker = (mode != Mode::Quiet).then(|| {
-            let (b, live) = (board.clone(), live.clone());
+            let (b, live, label) = (board.clone(), live.clone(), label.clone());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(125));
                 let mut last_plain = tokio::time::Instant::now();
@@ -133,12 +137,12 @@ impl Display {
                     match &live {
                         Some(l) => l.lock().unwrap().draw(&b),
                         None => {
-                            plain_changes(&b);
+                            plain_changes(&b, label.as_deref());
                             if last_plain.elapsed() >= PLAIN_EVERY {
                                 last_plain = tokio::time::Instant::now();
                                 let s = b.snapshot();
                                 if s.wire > 0 {
-                                    plain(&s.total_line());
+                                    plain(label.as_deref(), &s.total_line());
                                 }
                             }
                         }
@@ -151,6 +155,7 @@ impl Display {
             mode,
             board,
             live,
+            label,
         }
     }
 
@@ -172,7 +177,7 @@ impl Display {
             LIVE.lock().unwrap().take();
         }
         if self.mode == Mode::Plain {
-            plain_changes(&self.board);
+            plain_changes(&self.board, self.label.as_deref());
         }
     }
 }
@@ -187,7 +192,7 @@ impl Drop for Display {
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
 
 /// One timestamped line per change.
-fn plain_changes(b: &Board) {
+fn plain_changes(b: &Board, label: Option<&str>) {
     let changes = b.changes();
     if changes.is_empty() {
         return;
@@ -202,14 +207,16 @@ fn plain_changes(b: &Board) {
             Change::Verified { row } => s.rows[row].line_as(super::State::Verified),
             Change::Loading => "every layer is there: the far engine loads the image".into(),
         };
-        plain(&text);
+        plain(label, &text);
     }
 }
 
-fn plain(text: &str) {
+/// A timestamped line: "12:00:01 dos: …", or "12:00:01 dos: HOST: …".
+pub fn plain(label: Option<&str>, text: &str) {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    write_stderr(format!("{h:02}:{m:02}:{s:02} dos: {text}\n").as_bytes());
+    let label = label.map(|l| format!("{l}: ")).unwrap_or_default();
+    write_stderr(format!("{h:02}:{m:02}:{s:02} dos: {label}{text}\n").as_bytes());
 }

@@ -9,11 +9,13 @@
 
 mod board;
 mod display;
+mod fan;
 
 use std::sync::Arc;
 
 pub use board::{Board, Change, Row, Snapshot, State};
-pub use display::{write_stderr, Display, Mode, StderrWriter};
+pub use display::{plain, write_stderr, Display, Mode, StderrWriter};
+pub use fan::{BoardSlot, FanDisplay, FanHandle};
 
 /// Something that can say how many bytes moved so far.
 pub type Counter = Arc<dyn Fn() -> u64 + Send + Sync>;

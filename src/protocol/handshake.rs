@@ -82,6 +82,11 @@ pub const FEATURE_HEARTBEAT: &str = "heartbeat";
 /// received checked out ([`crate::protocol::message::Message::Verified`]).
 pub const FEATURE_PROGRESS: &str = "progress";
 
+/// The receiver reads the delta stream as concatenated zstd frames: a
+/// fan-out splices in layers compressed once for every host
+/// ([`crate::delta::shared`]).
+pub const FEATURE_FRAMES: &str = "frames";
+
 impl Hello {
     pub fn has(&self, feature: &str) -> bool {
         self.features.iter().any(|f| f == feature)

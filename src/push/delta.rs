@@ -14,6 +14,7 @@ use crate::capture;
 use crate::delta::content::ContentStore;
 use crate::delta::proof;
 use crate::delta::send::{self, SendPlan, SendStats};
+use crate::delta::shared::Shared;
 use crate::delta::store::LocalStore;
 use crate::engine::oci;
 use crate::error::PeerError;
@@ -33,6 +34,9 @@ pub(super) struct Layers<E> {
     /// The containerd content store, where the image's blobs are read as
     /// they are stored.
     pub content: Option<ContentStore>,
+    /// A fan-out's layers, compressed once for every host (where the far
+    /// side reads concatenated frames).
+    pub shared: Option<Arc<Shared>>,
 }
 
 /// The source's manifest as the plan carries it: only where it fits the
@@ -101,6 +105,7 @@ pub(super) async fn drive_delta(
         export,
         mut store,
         mut content,
+        shared,
     } = layers;
     let mut export = Some(export);
     let mut sender: Option<JoinHandle<Result<SendStats>>> = None;
@@ -155,7 +160,7 @@ pub(super) async fn drive_delta(
                         mux.attach(stream, near);
                         let resume = resume.into_iter().map(|r| (r.diff_id, r.offset)).collect();
                         let read = board.read.clone();
-                        let plan = SendPlan { image_id: src.local.config.clone(), diff_ids: src.local.diff_ids.clone(), have: layers, resume, read: read.clone(), sizes, packed: src.local.packed.clone(), blobs: blobs && plan_manifest(src).is_some(), board: board.clone() };
+                        let plan = SendPlan { image_id: src.local.config.clone(), diff_ids: src.local.diff_ids.clone(), have: layers, resume, read: read.clone(), sizes, packed: src.local.packed.clone(), blobs: blobs && plan_manifest(src).is_some(), board: board.clone(), shared: shared.clone() };
                         let present: HashSet<String> = src.local.diff_ids[..layers].iter().cloned().collect();
                         let descriptors = src.local.manifest.as_deref().and_then(oci::Manifest::parse).map(|m| m.layers);
                         let from_content = content.take().zip(descriptors).filter(|_| !sizes);

@@ -35,8 +35,8 @@ use crate::error::{PeerError, SetupError};
 use crate::mux::{self, Liveness, Side};
 use crate::progress::{Board, Display};
 use crate::protocol::handshake::{
-    self, HandshakeError, Hello, Role, FEATURE_DELTA, FEATURE_EARLY_PLAN, FEATURE_HEARTBEAT,
-    FEATURE_PROGRESS,
+    self, HandshakeError, Hello, Role, FEATURE_DELTA, FEATURE_EARLY_PLAN, FEATURE_FRAMES,
+    FEATURE_HEARTBEAT, FEATURE_PROGRESS,
 };
 use crate::protocol::message::Message;
 use crate::reference::ImageRef;
@@ -156,6 +156,7 @@ async fn run(opts: PushOptions) -> Result<PushReport> {
         export: send::start_export(&daemon, &src.local.id, early),
         store,
         content,
+        shared: opts.shared.clone(),
     });
     let result = session(
         &mut transport,
@@ -191,7 +192,7 @@ async fn session(
     t: &mut Transport,
     src: &Source,
     daemon: &Daemon,
-    layers: Option<Layers<impl AsyncRead + Send + Unpin + 'static>>,
+    mut layers: Option<Layers<impl AsyncRead + Send + Unpin + 'static>>,
     capture: &mut Option<capture::Session>,
     opts: &PushOptions,
     plan: &Plan,
@@ -232,6 +233,10 @@ async fn session(
         )));
     }
     tracing::debug!(release = %peer.release, features = ?peer.features, "far dos ready");
+    if let Some(l) = layers.as_mut().filter(|_| !peer.has(FEATURE_FRAMES)) {
+        // An older far dos reads one frame: this host's stream is its own.
+        l.shared = None;
+    }
     let use_delta = layers.is_some() && peer.has(FEATURE_DELTA);
     if opts.via == Via::Delta && !use_delta {
         bail!(PeerError::Refused(
@@ -262,7 +267,10 @@ async fn session(
         o + i
     }));
     board.far_verifies(peer.has(FEATURE_PROGRESS));
-    let display = Display::start(board.clone(), opts.display);
+    if let Some(slot) = &opts.board_slot {
+        *slot.lock().unwrap() = Some(board.clone());
+    }
+    let display = Display::start(board.clone(), opts.display, opts.label.as_deref());
     let result = if let (true, Some(layers)) = (use_delta, layers) {
         tracing::info!(
             "dos: sending {} (only the layers the far side lacks)",

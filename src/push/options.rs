@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::progress::Mode;
+use crate::delta::shared::Shared;
+use crate::progress::{BoardSlot, Mode};
 use crate::setup::Via;
 use crate::setup::{Environment, Exposure, Plan};
 use crate::tunnel::Tunnel;
@@ -29,6 +30,12 @@ pub struct PushOptions {
     pub hello: Duration,
     /// How progress is shown on stderr.
     pub display: Mode,
+    /// Where the progress display's lines say which host they are about (a fan-out).
+    pub label: Option<String>,
+    /// A fan-out's layers, compressed once for all its hosts.
+    pub shared: Option<Arc<Shared>>,
+    /// Where a fan-out's display finds this push's progress.
+    pub board_slot: Option<BoardSlot>,
 }
 
 /// How long the far side's hello is waited for: ssh connecting and a
@@ -52,6 +59,9 @@ impl PushOptions {
             idle: DEFAULT_IDLE,
             hello: DEFAULT_HELLO,
             display: Mode::Quiet,
+            label: None,
+            shared: None,
+            board_slot: None,
         }
     }
 
@@ -122,6 +132,15 @@ impl PushReport {
     /// The line a push ends with: "app:2 on prod: sent 1.7 MB of 232.0 MB
     /// (2 of 3 layers were there) in 1.8 s".
     pub fn summary(&self, image: &str, host: &str) -> String {
+        format!(
+            "{image} on {host}: {} in {:.1} s",
+            self.summary_short(),
+            self.elapsed.as_secs_f64()
+        )
+    }
+
+    /// "sent 1.7 MB of 232.0 MB (2 of 3 layers were there)".
+    pub fn summary_short(&self) -> String {
         let there = if self.path == "delta" {
             let all = self.layers_sent + self.layers_present;
             if self.layers_sent == 0 && all > 0 {
@@ -133,10 +152,9 @@ impl PushReport {
             " (the far daemon pulled it through the relay)".to_string()
         };
         format!(
-            "{image} on {host}: sent {} of {}{there} in {:.1} s",
+            "sent {} of {}{there}",
             crate::progress::human(self.wire_out as f64),
             crate::progress::human(self.image_size as f64),
-            self.elapsed.as_secs_f64()
         )
     }
 }

@@ -31,6 +31,16 @@ pub struct Env {
     /// flags) for the podman CLI.
     pub podman: String,
     pub podman_store: String,
+    /// The hosts behind one shared uplink (ssh aliases f1…fN): each one's
+    /// daemon socket, and its port on the switch namespace's bridge.
+    pub fan: Vec<FanHost>,
+    pub fan_switch: String,
+}
+
+pub struct FanHost {
+    pub alias: String,
+    pub docker: String,
+    pub port: String,
 }
 
 /// The environment, or `None` when the tests run outside `tests/run.sh`
@@ -58,6 +68,14 @@ pub fn env() -> Option<&'static Env> {
                 c_remote: get("DOS_TEST_C_REMOTE")?,
                 podman: get("DOS_TEST_PODMAN")?,
                 podman_store: get("DOS_TEST_PODMAN_STORE")?,
+                fan: (1..=get("DOS_TEST_FAN_HOSTS")?.parse::<usize>().ok()?)
+                    .map(|k| FanHost {
+                        alias: format!("f{k}"),
+                        docker: format!("unix://{}/f{k}.sock", get("DOS_TEST_DIR").unwrap()),
+                        port: format!("{}{k}", get("DOS_TEST_FAN_PORTS").unwrap()),
+                    })
+                    .collect(),
+                fan_switch: get("DOS_TEST_FAN_SWITCH")?,
             })
         })();
         // Only a value that says yes: DOS_TEST_REQUIRE=0 must not require.

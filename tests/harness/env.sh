@@ -16,6 +16,12 @@
 #   rst     dockerd a fault test restarts mid-push (no other test uses it)
 #                                                        DIR/rst.sock
 #   env.sh restart DIR rst   stop that daemon and start it again
+#   f1…fN   FAN_HOSTS (default 3) more hosts for pushes to several at once: each a
+#           network namespace with its own sshd (on FAN_IP_k:22) and dockerd
+#           (DIR/fK.sock), all behind one bridge in a switch namespace, reached
+#           from here by one uplink veth (the link `shape-fan` shapes: shared by
+#           every host)
+#   RATE=20mbit env.sh shape-fan DIR   shape that shared uplink
 #   Today's engines (tests/harness/engines.sh): the newest Docker and
 #   containerd in Debian's archive, unpacked (not installed), with the
 #   containerd image store, here (DIR/c-local.sock) and on the second host
@@ -66,6 +72,83 @@ start_dockerd() {  # NAME [NETNS [EXTRA ARGS…]]
     --bridge=none --iptables=false --ip-masq=false \
     --containerd-namespace "dos-$name" --containerd-plugins-namespace "dos-$name-p" \
     "$@" >"$DIR/$name.log" 2>&1 &
+}
+
+# FAN_HOSTS hosts behind one bridge: the switch namespace dosw$id holds the
+# bridge, the uplink's far end (dosU$id; its near end dosu$id is here) and
+# each host's port (dosp$id$k); host k is namespace dosf$id$k at
+# 10.252.$net.(10+k), with its own sshd and dockerd.
+fan_up() {
+  local id=$1 net=$2 k
+  local sw="dosw$id"
+  echo "$sw dosu$id $FAN_HOSTS" >"$DIR/fan"
+  ip netns add "$sw"
+  ip -n "$sw" link add br0 type bridge
+  ip -n "$sw" link set br0 up
+  ip link add "dosu$id" type veth peer name "dosU$id"
+  ip link set "dosU$id" netns "$sw"
+  ip -n "$sw" link set "dosU$id" master br0 up
+  ip addr add "10.252.$net.1/24" dev "dosu$id"; ip link set "dosu$id" up
+  for ((k = 1; k <= FAN_HOSTS; k++)); do
+    local ns="dosf$id$k" ip="10.252.$net.$((10 + k))"
+    ip netns add "$ns"
+    ip link add "dosp$id$k" type veth peer name "dosn$id$k"
+    ip link set "dosp$id$k" netns "$sw"
+    ip -n "$sw" link set "dosp$id$k" master br0 up
+    ip link set "dosn$id$k" netns "$ns"
+    ip -n "$ns" addr add "$ip/24" dev "dosn$id$k"
+    ip -n "$ns" link set "dosn$id$k" up
+    ip -n "$ns" link set lo up
+    start_dockerd "f$k" "$ns"
+    cat >"$DIR/sshd_config-f$k" <<CFG
+ListenAddress $ip
+Port 22
+HostKey $DIR/hostkey
+AuthorizedKeysFile $DIR/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+StrictModes no
+UsePAM no
+PidFile $DIR/sshd-f$k.pid
+SetEnv DOCKER_HOST=unix://$DIR/f$k.sock DOS_SPOOL_DIR=$DIR/spool-f$k PATH=$BIN_DIR:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+CFG
+    nsenter --net=/run/netns/"$ns" /usr/sbin/sshd -f "$DIR/sshd_config-f$k" -E "$DIR/sshd-f$k.log"
+    echo "$ip $(cat "$DIR/hostkey.pub")" >>"$DIR/known_hosts"
+  done
+}
+
+fan_down() {
+  [[ -f $DIR/fan ]] || return 0
+  local sw up n k
+  read -r sw up n <"$DIR/fan"
+  local id=${sw#dosw}
+  for ((k = 1; k <= n; k++)); do
+    [[ -f $DIR/sshd-f$k.pid ]] && kill "$(cat "$DIR/sshd-f$k.pid")" 2>/dev/null || true
+    local pid; pid=$(cat "$DIR/f$k.pid" 2>/dev/null || true)
+    if [[ -n $pid ]]; then
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+    ip netns del "dosf$id$k" 2>/dev/null || true
+  done
+  ip link del "$up" 2>/dev/null || true
+  ip netns del "$sw" 2>/dev/null || true
+}
+
+# Shape the fan hosts' shared uplink both ways (RATE none: unshaped).
+shape-fan() {
+  local rate=${RATE:?RATE is required} sw up n
+  read -r sw up n <"$DIR/fan"
+  local far=dosU${up#dosu}
+  if [[ $rate == none ]]; then
+    tc qdisc del dev "$up" root 2>/dev/null || true
+    ip netns exec "$sw" tc qdisc del dev "$far" root 2>/dev/null || true
+  else
+    tc qdisc replace dev "$up" root tbf rate "$rate" burst 32kb latency 2s
+    ip netns exec "$sw" tc qdisc replace dev "$far" root tbf rate "$rate" burst 32kb latency 2s
+  fi
 }
 
 up() {
@@ -141,6 +224,7 @@ OLD
   chmod 755 "$DIR/old-bin/dos"
   nsenter --net=/run/netns/"$ns" /usr/sbin/sshd -f "$DIR/sshd_config" -E "$DIR/sshd.log"
   for h in "$rip" "[$rip]:2222" "[$rip]:2223" "[$rip]:2224"; do echo "$h $(cat "$DIR/hostkey.pub")"; done >"$DIR/known_hosts"
+  fan_up "$id" "$net"
   cat >"$DIR/ssh_config" <<CFG
 Host remote bare old arm
   HostName $rip
@@ -159,6 +243,20 @@ Host old
 Host arm
   Port 2224
 CFG
+  local k
+  for ((k = 1; k <= FAN_HOSTS; k++)); do
+    cat >>"$DIR/ssh_config" <<CFG
+Host f$k
+  HostName 10.252.$net.$((10 + k))
+  User root
+  IdentityFile $DIR/id
+  IdentitiesOnly yes
+  UserKnownHostsFile $DIR/known_hosts
+  StrictHostKeyChecking yes
+  BatchMode yes
+  LogLevel ERROR
+CFG
+  done
 
   # Today's engines. None available is a failure, not a skip.
   "$HERE/engines.sh" fetch "$DIR/engine"
@@ -171,6 +269,7 @@ CFG
   wait_daemon "$DIR/remote.sock" "$DIR/remote.log"
   wait_daemon "$DIR/tiny.sock" "$DIR/tiny.log"
   wait_daemon "$DIR/rst.sock" "$DIR/rst.log"
+  for ((k = 1; k <= FAN_HOSTS; k++)); do wait_daemon "$DIR/f$k.sock" "$DIR/f$k.log"; done
   wait_daemon "$DIR/c-local.sock" "$DIR/c-local.log"
   wait_daemon "$DIR/c-remote.sock" "$DIR/c-remote.log"
   wait_daemon "$DIR/podman.sock" "$DIR/podman.log"
@@ -182,6 +281,10 @@ CFG
     sleep 0.1
   done
   ssh -F "$DIR/ssh_config" remote true
+  for ((k = 1; k <= FAN_HOSTS; k++)); do
+    for _ in $(seq 100); do ssh -F "$DIR/ssh_config" "f$k" true 2>/dev/null && break; sleep 0.1; done
+    ssh -F "$DIR/ssh_config" "f$k" true
+  done
 
   cat >"$DIR/env" <<ENV
 export DOS_TEST_DIR=$DIR
@@ -203,6 +306,10 @@ export DOS_TEST_RESTARTABLE=unix://$DIR/rst.sock
 export DOS_TEST_C_LOCAL=unix://$DIR/c-local.sock
 export DOS_TEST_C_REMOTE=unix://$DIR/c-remote.sock
 export DOS_TEST_PODMAN=unix://$DIR/podman.sock
+export DOS_TEST_FAN_HOSTS=$FAN_HOSTS
+export DOS_TEST_FAN_SWITCH=dosw$id
+export DOS_TEST_FAN_PORTS=dosp$id
+export DOS_TEST_FAN_UPLINK=dosu$id
 export DOS_TEST_PODMAN_STORE="--root $DIR/podman-root --runroot $DIR/podman-run"
 # Resume spools and what the capture registry learns inside DIR, not in
 # the user's cache.
@@ -214,6 +321,7 @@ ENV
 
 down() {
   [[ -d $DIR ]] || return 0
+  fan_down
   for p in sshd local peer remote tiny rst c-local c-remote podman c-local-ctd c-remote-ctd; do
     [[ -f $DIR/$p.pid ]] && kill "$(cat "$DIR/$p.pid")" 2>/dev/null || true
   done
@@ -263,5 +371,6 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 cmd=${1:?usage: env.sh up|down DIR}
 DIR=${2:?usage: env.sh up|down DIR}
 NAME=${3:-}
+FAN_HOSTS=${FAN_HOSTS:-3}
 BIN_DIR=${BIN_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/target/debug}
 "$cmd"

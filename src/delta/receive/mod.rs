@@ -67,6 +67,8 @@ async fn feed<R: AsyncRead + Unpin>(
 ) -> Result<Option<String>> {
     let params = [DParameter::window_log_max(WINDOW_LOG)];
     let mut dec = ZstdDecoder::with_params(BufReader::new(input), &params);
+    // Layers compressed once for a fan-out come as frames of their own.
+    dec.multiple_members(true);
     let expected: HashSet<String> = plan.diff_ids[plan.have..].iter().cloned().collect();
     // What the spool keeps while making room: this image's layers, under
     // either name.

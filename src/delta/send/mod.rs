@@ -18,23 +18,24 @@ use std::sync::atomic::Ordering;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::content::ContentStore;
 use super::records;
+use super::shared::Open;
 use super::store::LocalStore;
 use crate::capture::Captured;
 use crate::docker::{Daemon, DaemonError};
-use crate::engine::oci::Descriptor;
-use crate::engine::{Compression, Packed};
 
+mod content;
 mod layer;
 mod out;
 mod plan;
 
-use layer::{resume_offset, send_file, unpack_file, write_header};
-use out::Out;
+pub use content::send_content;
+
+use layer::{resume_offset, send_file, write_header};
+use out::{splice, Out, Raw};
 pub use plan::{SendPlan, SendStats};
 
 /// An image's export (`docker save`).
@@ -194,6 +195,18 @@ where
             }
         };
         let skip = resume_offset(plan, &layer.diff_id, len);
+        if let Some(shared) = plan.shared.as_deref().filter(|_| skip == 0) {
+            let l = layer.clone();
+            let frame = shared
+                .frame(&layer.diff_id, move || -> Open {
+                    Box::pin(async move { Ok((len, Box::new(l.reader(0)) as Raw)) })
+                })
+                .await?;
+            write_header(&mut o.enc, &layer.diff_id, len, 0, &plan.board).await?;
+            splice(&mut o, frame, len, plan).await?;
+            o.sent.insert(layer.diff_id.clone());
+            continue;
+        }
         write_header(&mut o.enc, &layer.diff_id, len, skip, &plan.board).await?;
         // Never more than the header announced; what is left over means the
         // store changed while being read.
@@ -228,84 +241,6 @@ where
     o.finish(plan).await
 }
 
-/// The same stream, from the containerd content store
-/// ([`super::content`]): the config, then each missing layer's blob as the
-/// source's manifest names it (`layers`), compressed or not, as stored.
-/// Should a blob not be there as named (checked before its first byte is
-/// sent), it and the rest come from `export()`.
-pub async fn send_content<R, W, F>(
-    store: ContentStore,
-    layers: &[Descriptor],
-    plan: &SendPlan,
-    out: W,
-    export: F,
-) -> Result<SendStats>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-    F: FnOnce() -> R,
-{
-    let mut o = Out::with_config(out, "the containerd content store", store.config()).await?;
-    for (d, blob) in plan.diff_ids.iter().zip(layers).skip(plan.have) {
-        // A layer the image repeats (identical steps) crosses once.
-        if o.sent.contains(d) {
-            continue;
-        }
-        let file = match store.blob(&blob.digest, blob.size) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::info!("dos: layer {d} can't be read from the content store ({e}); reading the rest by docker save");
-                o.stats.source = "the containerd content store, then docker save";
-                o.read_export(export(), plan).await?;
-                break;
-            }
-        };
-        let compression = Compression::of(&blob.media_type);
-        if let Some(c) = compression.filter(|_| !plan.blobs) {
-            // The far engine takes tars: unpacked here (and checked), zstd
-            // on the wire costs fewer bytes than the gzip blob.
-            let packed = Packed {
-                diff_id: d.clone(),
-                compression: c,
-            };
-            let (mut tar, len) = tokio::task::spawn_blocking(move || unpack_file(file, &packed))
-                .await
-                .context("unpacking a blob")??;
-            let skip = send_file(&mut tar, &mut o.enc, d, len, plan).await?;
-            plan.read.fetch_add(len, Ordering::Relaxed);
-            o.stats.count(len, skip);
-            o.sent.insert(d.clone());
-            continue;
-        }
-        let len = blob.size;
-        // A plain-tar blob (a `docker load`ed layer) is the tar itself.
-        let packed = compression.is_some();
-        let skip = resume_offset(plan, if packed { &blob.digest } else { d }, len);
-        if packed {
-            plan.board.sending(d, len, skip);
-            records::write_blob_header(&mut o.enc, d, &blob.digest, len, skip).await?;
-        } else {
-            write_header(&mut o.enc, d, len, skip, &plan.board).await?;
-        }
-        let mut f = tokio::fs::File::from_std(file);
-        f.seek(io::SeekFrom::Start(skip)).await?;
-        let copied = tokio::io::copy(&mut (&mut f).take(len - skip), &mut o.enc)
-            .await
-            .with_context(|| format!("sending layer {d} from the content store"))?;
-        if copied != len - skip {
-            bail!(
-                "blob {} in the content store: {} of {len} bytes",
-                blob.digest,
-                skip + copied
-            );
-        }
-        plan.read.fetch_add(copied, Ordering::Relaxed);
-        o.stats.count(len, skip);
-        o.sent.insert(d.clone());
-    }
-    o.finish(plan).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,6 +256,15 @@ mod tests {
     /// Send one layer from a fixture store (falling back to an OCI-style
     /// export holding the same layer), and read the stream back.
     async fn send_one(on_disk: &[(&str, &[u8])]) -> (SendStats, Vec<u8>, Vec<u8>) {
+        let (stats, tar, config, _) = send_one_with(on_disk, None).await;
+        (stats, tar, config)
+    }
+
+    /// [`send_one`], with a fan-out's shared layers; also the wire bytes.
+    async fn send_one_with(
+        on_disk: &[(&str, &[u8])],
+        shared: Option<Arc<crate::delta::shared::Shared>>,
+    ) -> (SendStats, Vec<u8>, Vec<u8>, Vec<u8>) {
         let root = tempfile::tempdir().unwrap();
         let files: &[(&str, &[u8])] = &[("a/f", b"12345"), ("g", &[7u8; 3000])];
         let (image_id, tar) = fixture::store(root.path(), files, on_disk);
@@ -346,6 +290,7 @@ mod tests {
             packed: HashMap::new(),
             blobs: false,
             board: crate::progress::Board::unseen(),
+            shared,
         };
         let mut wire = Vec::new();
         let stats = send_stored(store, &plan, &mut wire, || &export[..])
@@ -358,7 +303,7 @@ mod tests {
         expect(&mut r, Record::Config { len: config_len }, &config).await;
         expect(&mut r, Record::Layer { diff_id, len }, &tar).await;
         expect(&mut r, Record::End, &[]).await;
-        (stats, tar, config)
+        (stats, tar, config, wire)
     }
 
     async fn expect(r: &mut &[u8], rec: Record, body: &[u8]) {
@@ -374,6 +319,22 @@ mod tests {
         let (stats, tar, _) = send_one(on_disk).await;
         assert_eq!(stats.source, "the daemon's layer store");
         assert_eq!((stats.layers_sent, stats.raw_bytes), (1, tar.len() as u64));
+    }
+
+    /// With a fan-out's shared layers the layer crosses as a zstd frame of
+    /// its own between the stream's others, and reads back the same.
+    #[tokio::test]
+    async fn a_shared_layer_crosses_as_a_frame_of_its_own() {
+        let on_disk: &[(&str, &[u8])] = &[("a/f", b"12345"), ("g", &[7u8; 3000])];
+        let shared = crate::delta::shared::Shared::new().unwrap();
+        let (stats, _, _, wire) = send_one_with(on_disk, Some(shared.clone())).await;
+        assert_eq!((stats.layers_sent, stats.shared), (1, 1));
+        assert_eq!(shared.stats().compressed, 1);
+        let frames = wire
+            .windows(4)
+            .filter(|w| *w == [0x28, 0xb5, 0x2f, 0xfd])
+            .count();
+        assert!(frames >= 3, "{frames} zstd frames");
     }
 
     /// A file of another size in the store: checked before the layer's first

@@ -1,6 +1,7 @@
 //! The stream of records the far side reads: the config, then each missing
 //! layer once, then the sizes record and the end; and reading the missing
-//! layers out of an image export into it.
+//! layers out of an image export into it; a fan-out's shared frames
+//! spliced in.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -12,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::delta::adaptive::AdaptiveZstd;
 use crate::delta::chain::{chain_ids, identify_v1_dir};
 use crate::delta::records;
+use crate::delta::shared::Frame;
 use crate::tarstream::TarReader;
 
 use super::layer::{
@@ -201,4 +203,27 @@ impl SendStats {
         self.raw_bytes += len - skipped;
         self.resumed_bytes += skipped;
     }
+}
+
+pub(super) type Raw = Box<dyn AsyncRead + Send + Unpin>;
+
+/// A layer's frame, compressed once for every host of a fan-out, into the
+/// stream after its header (the current frame ends first).
+pub(super) async fn splice<W: AsyncWrite + Unpin>(
+    o: &mut Out<W>,
+    frame: Frame,
+    len: u64,
+    plan: &SendPlan,
+) -> Result<()> {
+    if frame.len != len {
+        bail!(
+            "a shared layer is {} bytes, this session read {len}",
+            frame.len
+        );
+    }
+    o.enc.end_frame().await.context("ending a zstd frame")?;
+    frame.copy_to(o.enc.inner_mut(), &plan.read).await?;
+    o.stats.count(len, 0);
+    o.stats.shared += 1;
+    Ok(())
 }

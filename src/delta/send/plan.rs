@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use crate::delta::shared::Shared;
 use crate::engine::Packed;
 use crate::progress::Board;
 
@@ -31,6 +32,9 @@ pub struct SendPlan {
     pub blobs: bool,
     /// What the progress display shows; told of each layer as it starts.
     pub board: Arc<Board>,
+    /// A fan-out's layers, compressed once for every host; where the far
+    /// side reads concatenated frames.
+    pub shared: Option<Arc<Shared>>,
 }
 
 impl SendPlan {
@@ -56,4 +60,6 @@ pub struct SendStats {
     pub zstd_level: i32,
     /// How the layers were read from the local daemon.
     pub source: &'static str,
+    /// Layers sent as frames compressed once for a fan-out.
+    pub shared: usize,
 }
