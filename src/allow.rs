@@ -1,10 +1,12 @@
-//! What a locked-down `dos pull` accepts: an allow-list of image patterns,
-//! and the command an ssh forced command was asked to run.
+//! What a locked-down `dos pull` (or `dos send`) accepts: an allow-list of
+//! image patterns, and the command an ssh forced command was asked to run.
 //!
 //! With `command="dos pull --allow 'app:*'",restrict` in authorized_keys,
 //! sshd runs that instead of what the pusher asked for, and puts the
 //! pusher's command in SSH_ORIGINAL_COMMAND. It must be exactly
-//! `dos pull IMAGE`; anything else is refused without running it.
+//! `dos pull IMAGE`; anything else is refused without running it. A key
+//! locked to `dos send --allow …` is read-only the same way: it may only
+//! run `dos send IMAGE` (a fetch), never `dos pull`.
 
 use anyhow::{bail, Result};
 
@@ -90,20 +92,54 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
     p[pi..].iter().all(|&c| c == b'*')
 }
 
+/// What a forced command lets a key do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// Receive images (`dos pull`): pushes to this host.
+    Pull,
+    /// Hand images out (`dos send`): fetches from this host.
+    Send,
+}
+
+impl Verb {
+    pub fn word(self) -> &'static str {
+        match self {
+            Verb::Pull => "pull",
+            Verb::Send => "send",
+        }
+    }
+}
+
+/// The dos subcommand an SSH_ORIGINAL_COMMAND asks for, if it is dos.
+pub fn verb_of(cmd: &str) -> Option<Verb> {
+    let words = shlex::split(cmd)?;
+    let mut it = words.iter().map(String::as_str);
+    if it.next()?.rsplit('/').next() != Some("dos") {
+        return None;
+    }
+    match it.next()? {
+        "pull" => Some(Verb::Pull),
+        "send" => Some(Verb::Send),
+        _ => None,
+    }
+}
+
 /// The image named by an ssh forced command's SSH_ORIGINAL_COMMAND, which
-/// must be `dos pull [-v…] IMAGE` (dos by name or path).
-pub fn image_from_original_command(cmd: &str) -> Result<String> {
+/// must be `dos VERB [-v…] IMAGE` (dos by name or path).
+pub fn image_from_original_command(cmd: &str, verb: Verb) -> Result<String> {
     let refuse = || -> Result<String> {
-        bail!("this ssh key may only run `dos pull IMAGE`; refused to run: {cmd:?}")
+        bail!(
+            "this ssh key may only run `dos {} IMAGE`; refused to run: {cmd:?}",
+            verb.word()
+        )
     };
+    if verb_of(cmd) != Some(verb) {
+        return refuse();
+    }
     let Some(words) = shlex::split(cmd) else {
         return refuse();
     };
-    let mut it = words.iter().map(String::as_str);
-    let program = it.next().unwrap_or_default();
-    if program.rsplit('/').next() != Some("dos") || it.next() != Some("pull") {
-        return refuse();
-    }
+    let it = words.iter().skip(2).map(String::as_str);
     let rest: Vec<&str> = it
         .filter(|w| !matches!(*w, "-v" | "-vv" | "--verbose" | "--"))
         .collect();
@@ -136,14 +172,25 @@ mod tests {
     #[test]
     fn original_commands() {
         assert_eq!(
-            image_from_original_command("dos pull app:1").unwrap(),
+            image_from_original_command("dos pull app:1", Verb::Pull).unwrap(),
             "app:1"
         );
-        assert!(image_from_original_command("/usr/local/bin/dos -v pull 'app:1'").is_err());
+        assert!(
+            image_from_original_command("/usr/local/bin/dos -v pull 'app:1'", Verb::Pull).is_err()
+        );
         assert_eq!(
-            image_from_original_command("/usr/local/bin/dos pull -v app:1").unwrap(),
+            image_from_original_command("/usr/local/bin/dos pull -v app:1", Verb::Pull).unwrap(),
             "app:1"
         );
+        // Read-only keys: a send key can't push, a pull key can't fetch.
+        assert_eq!(
+            image_from_original_command("dos send app:1", Verb::Send).unwrap(),
+            "app:1"
+        );
+        assert!(image_from_original_command("dos pull app:1", Verb::Send).is_err());
+        assert!(image_from_original_command("dos send app:1", Verb::Pull).is_err());
+        assert_eq!(verb_of("/opt/dos send x"), Some(Verb::Send));
+        assert_eq!(verb_of("dosx send x"), None);
         for bad in [
             "echo pwned",
             "dos pull app:1; rm -rf /",
@@ -154,7 +201,15 @@ mod tests {
             "dos pull",
             "dos pull 'unterminated",
         ] {
-            assert!(image_from_original_command(bad).is_err(), "{bad}");
+            assert!(
+                image_from_original_command(bad, Verb::Pull).is_err(),
+                "{bad}"
+            );
+            let send = bad.replace("dos pull", "dos send");
+            assert!(
+                image_from_original_command(&send, Verb::Send).is_err(),
+                "{send}"
+            );
         }
     }
 }

@@ -1,8 +1,8 @@
-//! `dos push IMAGE --to HOST`: the push over the user's ssh, and dos
-//! bringing itself to a host that has no dos (or one that speaks another
-//! protocol).
+//! `dos push IMAGE --to HOST` (and `dos fetch IMAGE --from HOST`): the
+//! session over the user's ssh, and dos bringing itself to a host that has
+//! no dos (or one that speaks another protocol).
 //!
-//! The first try is the plain `dos pull IMAGE`, exactly what an ssh forced
+//! The first try is the plain `dos pull IMAGE` (`dos send IMAGE`), exactly what an ssh forced
 //! command expects, so a host set up by hand costs one connection. Only when
 //! that finds no dos, or a dos of another protocol, does dos look closer: a
 //! probe (a POSIX sh script) says the far system, its architecture and
@@ -63,12 +63,38 @@ impl Target {
         self.host
             .command(&self.ssh, &format!("dos pull {}", quote(image)))
     }
+
+    /// The argv that runs the far host's own `dos send IMAGE`.
+    pub fn send_command(&self, image: &str) -> Vec<String> {
+        self.host
+            .command(&self.ssh, &format!("dos send {}", quote(image)))
+    }
 }
 
 /// Push `opts.image` to `to`, bringing dos there if it must.
-pub async fn push_to(mut opts: PushOptions, to: &Target) -> Result<PushReport> {
-    opts.command = to.pull_command(&opts.image);
-    let err = match push::push(opts.clone()).await {
+pub async fn push_to(opts: PushOptions, to: &Target) -> Result<PushReport> {
+    let image = opts.image.clone();
+    run_on(to, "pull", &image, |command| {
+        let mut o = opts.clone();
+        o.command = command;
+        push::push(o)
+    })
+    .await
+}
+
+/// Run `attempt` with the command that starts `dos VERB IMAGE` on `to`:
+/// first its own dos on PATH (what a forced command expects); should that
+/// find no dos, or one of another protocol, this dos is brought there (if
+/// the user agrees) and `attempt` runs again with that copy.
+pub async fn run_on<T, F, Fut>(to: &Target, verb: &str, image: &str, mut attempt: F) -> Result<T>
+where
+    F: FnMut(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let first = to
+        .host
+        .command(&to.ssh, &format!("dos {verb} {}", quote(image)));
+    let err = match attempt(first).await {
         Ok(r) => return Ok(r),
         Err(e) => e,
     };
@@ -102,9 +128,8 @@ pub async fn push_to(mut opts: PushOptions, to: &Target) -> Result<PushReport> {
             to.host
         );
     }
-    let copy = format!("exec {FAR_DIR}/{} pull {}", far_name(), quote(&opts.image));
-    opts.command = to.host.command(&to.ssh, &format!("sh -c {}", quote(&copy)));
-    push::push(opts).await
+    let copy = format!("exec {FAR_DIR}/{} {verb} {}", far_name(), quote(image));
+    attempt(to.host.command(&to.ssh, &format!("sh -c {}", quote(&copy)))).await
 }
 
 /// The first try found no dos, or one that speaks another protocol: what

@@ -48,6 +48,20 @@ pub enum Command {
         anything else is refused."
     )]
     Pull(PullArgs),
+    /// Get IMAGE from HOST's engine (--from), or from the dos send that CMD starts there.
+    #[command(after_help = "Examples:\n  \
+        dos fetch app:1 --from prod\n  \
+        dos fetch app:1 ssh prod dos send app:1\n\n\
+        Only the layers the local engine lacks cross, each checked against its diffID.")]
+    Fetch(FetchArgs),
+    /// Hand an image to a dos fetch; speaks the protocol on stdin/stdout.
+    #[command(
+        after_help = "Normally started by `dos fetch` through ssh. Read-only as an ssh forced command:\n  \
+        command=\"dos send --allow 'app:*'\",restrict ssh-ed25519 AAAA…\n\
+        sshd then runs only this; the fetcher's `dos send IMAGE` arrives in SSH_ORIGINAL_COMMAND,\n\
+        only images the patterns allow are handed out, and nothing can be pushed with the key."
+    )]
+    Send(SendArgs),
     /// Make `docker dos …` run this dos: link it as a Docker CLI plugin.
     InstallPlugin(InstallPluginArgs),
 }
@@ -153,15 +167,82 @@ pub struct PullArgs {
     pub link: LinkArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// The image to get (name[:tag]); it is tagged so here.
+    pub image: String,
+    /// The command that starts `dos send IMAGE` on the far side, with its
+    /// arguments. `--` before it is accepted and optional. Not with --from.
+    #[arg(
+        required_unless_present = "from",
+        conflicts_with = "from",
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<String>,
+    /// The far host, reached with your own ssh: `[ssh://][user@]host[:port]`
+    /// or an ssh config alias. dos runs `dos send IMAGE` there.
+    #[arg(long, value_name = "HOST")]
+    pub from: Option<String>,
+    /// With --from: should the far host have no dos, or one of another
+    /// protocol, copy this one to ~/.cache/dos/bin there without asking.
+    #[arg(long, requires = "from")]
+    pub install: bool,
+    /// With --from: the ssh command, with options of its own.
+    #[arg(long, env = "DOS_SSH", value_name = "CMD", default_value = "ssh")]
+    pub ssh: String,
+    /// No progress display; errors and the final line only.
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub link: LinkArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The image to hand out. Without it: the image SSH_ORIGINAL_COMMAND
+    /// names (an ssh forced command).
+    pub image: Option<String>,
+    /// Hand out only images matching PATTERN (`*` and `?` wildcards; a
+    /// pattern without a tag allows every tag). Repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub allow: Vec<String>,
+    #[command(flatten)]
+    pub link: LinkArgs,
+}
+
+impl FetchArgs {
+    /// The host `--from` names, with the ssh that reaches it.
+    pub fn target(&self) -> anyhow::Result<Option<crate::bootstrap::Target>> {
+        use crate::bootstrap::{Install, Target};
+        let Some(from) = &self.from else {
+            return Ok(None);
+        };
+        Ok(Some(Target {
+            host: crate::host::Host::parse(from)?,
+            ssh: ssh_words(&self.ssh)?,
+            install: if self.install {
+                Install::Yes
+            } else {
+                Install::Ask
+            },
+        }))
+    }
+}
+
+/// `--ssh CMD` as words.
+fn ssh_words(ssh: &str) -> anyhow::Result<Vec<String>> {
+    shlex::split(ssh)
+        .filter(|w| !w.is_empty())
+        .ok_or_else(|| crate::error::SetupError(format!("--ssh {ssh:?}: not a command")).into())
+}
+
 impl PushArgs {
     /// The hosts `--to` names, with the ssh that reaches them.
     pub fn targets(&self) -> anyhow::Result<Vec<crate::bootstrap::Target>> {
         use crate::bootstrap::{Install, Target};
-        let ssh = shlex::split(&self.ssh)
-            .filter(|w| !w.is_empty())
-            .ok_or_else(|| {
-                crate::error::SetupError(format!("--ssh {:?}: not a command", self.ssh))
-            })?;
+        let ssh = ssh_words(&self.ssh)?;
         let mut seen = std::collections::HashSet::new();
         self.to
             .iter()

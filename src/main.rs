@@ -29,8 +29,15 @@ fn main() {
         }
     }
     let cli = Cli::parse_from(argv);
-    let quiet = matches!(&cli.command, Command::Push(a) if a.quiet);
-    let default = match (cli.verbose, quiet) {
+    let quiet = match &cli.command {
+        Command::Push(a) => a.quiet,
+        Command::Fetch(a) => a.quiet,
+        _ => false,
+    };
+    // A dos send's stderr reaches the fetcher's terminal: its own story is
+    // the fetcher's to tell.
+    let sending = matches!(&cli.command, Command::Send(_));
+    let default = match (cli.verbose, quiet || sending) {
         (0, true) => "dos=warn",
         (0, false) => "dos=info",
         (1, _) => "dos=debug",
@@ -56,12 +63,12 @@ fn main() {
     // The pushing side compresses, and its zstd calls block while the
     // workers are busy: the link must be fed from another thread then.
     let rt = match cli.command {
-        Command::Pull(_) | Command::InstallPlugin(_) => {
+        Command::Pull(_) | Command::Fetch(_) | Command::InstallPlugin(_) => {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
         }
-        Command::Push(_) => tokio::runtime::Runtime::new(),
+        Command::Push(_) | Command::Send(_) => tokio::runtime::Runtime::new(),
     }
     .expect("starting the tokio runtime");
     let result = rt.block_on(async {
@@ -74,9 +81,22 @@ fn main() {
                     original_command: dos::settings::ssh_original_command(),
                     idle: a.link.idle(),
                     hello: a.link.hello(),
+                    docker_host,
+                    display: Mode::Quiet,
                 })
                 .await
             }
+            Command::Send(a) => dos::send::send(dos::send::SendOptions {
+                image: a.image,
+                allow: dos::allow::AllowList::new(a.allow),
+                original_command: dos::settings::ssh_original_command(),
+                idle: a.link.idle(),
+                hello: a.link.hello(),
+                docker_host,
+            })
+            .await
+            .map(|r| tracing::debug!("dos: sent: {}", r.detail())),
+            Command::Fetch(a) => fetch(a, docker_host).await,
             Command::InstallPlugin(a) => {
                 let link = plugin::install(&dos::settings::expand_home(&a.dir))?;
                 eprintln!(
@@ -144,6 +164,27 @@ async fn push(a: dos::cli::PushArgs, docker_host: Option<String>) -> anyhow::Res
         .first()
         .map_or_else(|| "the far side".to_string(), |t| t.host.to_string());
     dos::progress::write_stderr(format!("{}\n", report.summary(&a.image, &host)).as_bytes());
+    Ok(())
+}
+
+async fn fetch(a: dos::cli::FetchArgs, docker_host: Option<String>) -> anyhow::Result<()> {
+    let target = a.target()?;
+    let mut opts = dos::fetch::FetchOptions::new(a.image.clone(), strip_dashdash(a.command));
+    opts.idle = a.link.idle();
+    opts.hello = a.link.hello();
+    opts.docker_host = docker_host;
+    opts.display = if a.quiet {
+        Mode::Quiet
+    } else {
+        Mode::for_stderr()
+    };
+    let got = match &target {
+        Some(t) => dos::fetch::fetch_from(opts, t).await?,
+        None => dos::fetch::fetch(opts).await?,
+    };
+    let from = target.map_or_else(|| "the far side".to_string(), |t| t.host.to_string());
+    tracing::info!("dos: {}", got.detail());
+    dos::progress::write_stderr(format!("{}\n", got.summary(&a.image, &from)).as_bytes());
     Ok(())
 }
 

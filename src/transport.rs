@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::error::PeerError;
+use crate::protocol::handshake::HandshakeError;
 
 /// How much of the far side's stderr we keep for error messages.
 const TAIL: usize = 4096;
@@ -114,4 +115,104 @@ pub fn describe(status: Option<ExitStatus>) -> String {
         },
         None => "did not exit and was stopped".into(),
     }
+}
+
+/// What the transport printed on stderr, then on stdout before (or
+/// instead of) a handshake.
+fn printed_both(stderr: &str, stdout: &str) -> String {
+    let mut all = stderr.trim_end().to_string();
+    if !stdout.is_empty() {
+        if !all.is_empty() {
+            all.push('\n');
+        }
+        all.push_str(stdout);
+    }
+    all
+}
+
+/// Add what the far side printed (and how the command ended) to errors
+/// where the user needs it to act.
+pub fn explain(
+    e: anyhow::Error,
+    status: Option<std::process::ExitStatus>,
+    stderr: &str,
+    command: &[String],
+) -> anyhow::Error {
+    if let Some(h) = e.downcast_ref::<HandshakeError>() {
+        return match h {
+            HandshakeError::Silent { waited, printed } => {
+                let all = printed_both(stderr, printed);
+                PeerError::NotDos {
+                    detail: format!(
+                        "no dos handshake from `{}` after {}s (--hello-timeout, DOS_HELLO_TIMEOUT); it {}{}",
+                        shell_words(command),
+                        waited.as_secs(),
+                        describe(status),
+                        if all.trim().is_empty() { " and printed nothing" } else { "" }
+                    ),
+                    printed: all,
+                }
+                .into()
+            }
+            // What a shell answers for a command it can't find (127) or
+            // can't run (126).
+            HandshakeError::NotDos { printed }
+                if matches!(status.and_then(|s| s.code()), Some(126 | 127)) =>
+            {
+                PeerError::Missing {
+                    detail: format!(
+                        "`{}` {} before the dos handshake",
+                        shell_words(command),
+                        describe(status)
+                    ),
+                    printed: printed_both(stderr, printed),
+                }
+                .into()
+            }
+            HandshakeError::NotDos { printed } | HandshakeError::TooMuchNoise { printed } => {
+                let all = printed_both(stderr, printed);
+                PeerError::NotDos {
+                    detail: format!(
+                        "the transport command {} before the dos handshake",
+                        describe(status)
+                    ),
+                    printed: all,
+                }
+                .into()
+            }
+            HandshakeError::Malformed(_) | HandshakeError::Io(_) if status.is_some() => {
+                PeerError::NotDos {
+                    detail: format!("{h}; the transport command {}", describe(status)),
+                    printed: stderr.to_string(),
+                }
+                .into()
+            }
+            _ => e,
+        };
+    }
+    if let Some(PeerError::ConnectionLost { detail, .. }) = e.downcast_ref::<PeerError>() {
+        return PeerError::ConnectionLost {
+            detail: format!("{detail}; the transport command {}", describe(status)),
+            printed: stderr.to_string(),
+        }
+        .into();
+    }
+    e
+}
+
+/// The command as a user would type it (arguments quoted where needed).
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

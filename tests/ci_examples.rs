@@ -131,7 +131,11 @@ fn check_command(words: &[String], file: &Path) -> (usize, usize) {
             ImageRef::parse(&image).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
             (0, 1)
         }
-        Command::InstallPlugin(_) => (0, 0),
+        Command::Fetch(f) => {
+            ImageRef::parse(&f.image).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            (0, 0)
+        }
+        Command::Send(_) | Command::InstallPlugin(_) => (0, 0),
     }
 }
 

@@ -20,14 +20,10 @@ fn push_over_ssh(e: &Env, flags: &[&str], image: &str) -> std::process::Output {
     out
 }
 
-fn assert_clean(host: &str, repo: &str) {
-    let left = loopback_names(host, repo);
-    assert!(left.is_empty(), "temporary names left on {host}: {left:?}");
-}
-
 #[test]
 fn push_over_sh_to_a_second_daemon() {
     let e = need_env!();
+    let _link = link_to_myself();
     let image = format!("{}:1", unique("sh-app"));
     let repo = image.split(':').next().unwrap().to_string();
     let id = build_image(&e.local, &image, 1, 256 * 1024, "hello over sh\n");
@@ -47,6 +43,7 @@ fn push_over_sh_to_a_second_daemon() {
 #[test]
 fn double_dash_before_the_command_is_accepted() {
     let e = need_env!();
+    let _link = link_to_myself();
     let image = format!("{}:2", unique("dashdash"));
     let id = build_image(&e.local, &image, 2, 1024, "dash\n");
     let pull = format!("DOCKER_HOST={} dos pull {image}", e.peer);
@@ -61,6 +58,7 @@ fn double_dash_before_the_command_is_accepted() {
 #[test]
 fn push_over_ssh_then_an_update_moves_far_fewer_bytes() {
     let e = need_env!();
+    let _link = link_to_myself();
     let image = format!("{}:1", unique("ssh-app"));
     let repo = image.split(':').next().unwrap().to_string();
     let seed = fresh_seed();
@@ -102,6 +100,7 @@ fn push_over_ssh_then_an_update_moves_far_fewer_bytes() {
 #[test]
 fn push_via_registry_relay_over_ssh() {
     let e = need_env!();
+    let _link = link_to_myself();
     let image = format!("{}:1", unique("relay-app"));
     let repo = image.split(':').next().unwrap().to_string();
     let id = build_image(
@@ -124,6 +123,7 @@ fn push_via_registry_relay_over_ssh() {
 #[test]
 fn delta_sends_only_what_a_foreign_base_lacks() {
     let e = need_env!();
+    let _link = link_to_myself();
     let seed = fresh_seed();
     let image = format!("{}:1", unique("foreign"));
     let id = build_image(

@@ -71,6 +71,8 @@ struct Inner {
     /// The far side says when each layer checks out (a newer far dos).
     verifies: bool,
     loading: bool,
+    /// The layers come here (a fetch), rather than go to a far side.
+    receiving: bool,
 }
 
 /// The transfer's board. Cheap to update; shared by `Arc`.
@@ -135,6 +137,15 @@ impl Board {
             present,
             total: diff_ids.len(),
         });
+    }
+
+    /// The layers come to this side (a fetch): the lines say "here".
+    pub fn receiving(&self) {
+        self.inner.lock().unwrap().receiving = true;
+    }
+
+    pub fn is_receiving(&self) -> bool {
+        self.inner.lock().unwrap().receiving
     }
 
     /// The far side will say when each layer checks out.

@@ -198,14 +198,19 @@ fn plain_changes(b: &Board, label: Option<&str>) {
         return;
     }
     let s = b.snapshot();
+    let (there, engine, rest) = if b.is_receiving() {
+        ("here", "the engine here", "receiving")
+    } else {
+        ("there", "the far engine", "sending")
+    };
     for c in changes {
         let text = match c {
             Change::Layers { present, total } => {
-                format!("{present} of {total} layers are there; sending the rest")
+                format!("{present} of {total} layers are {there}; {rest} the rest")
             }
             Change::Started { row } => s.rows[row].line_as(super::State::Sending),
             Change::Verified { row } => s.rows[row].line_as(super::State::Verified),
-            Change::Loading => "every layer is there: the far engine loads the image".into(),
+            Change::Loading => format!("every layer is {there}: {engine} loads the image"),
         };
         plain(label, &text);
     }

@@ -75,6 +75,11 @@ pub const FEATURE_DELTA: &str = "delta";
 /// The far side took the plan in the pusher's hello: no `Delta` message follows.
 pub const FEATURE_EARLY_PLAN: &str = "early-plan";
 
+/// The sending side was started by the receiver (`dos send`): it tells
+/// its failures in an [`crate::protocol::message::Message::Outcome`] of
+/// its own, which the receiver waits a moment for when a stream breaks.
+pub const FEATURE_TELLS: &str = "tells";
+
 /// The side understands heartbeat (`Ping`) frames and sends them.
 pub const FEATURE_HEARTBEAT: &str = "heartbeat";
 

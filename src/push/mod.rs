@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::capture;
 use crate::delta::content::ContentStore;
@@ -36,16 +36,16 @@ use crate::mux::{self, Liveness, Side};
 use crate::progress::{Board, Display};
 use crate::protocol::handshake::{
     self, HandshakeError, Hello, Role, FEATURE_DELTA, FEATURE_EARLY_PLAN, FEATURE_FRAMES,
-    FEATURE_HEARTBEAT, FEATURE_PROGRESS,
+    FEATURE_HEARTBEAT, FEATURE_PROGRESS, FEATURE_TELLS,
 };
 use crate::protocol::message::Message;
 use crate::reference::ImageRef;
 pub use crate::setup::Via;
 use crate::setup::{Exposure, Plan};
-use crate::transport::Transport;
+use crate::transport::{explain, Transport};
 
 use delta::{delta_plan, drive_delta, Layers};
-use outcome::{cut_off, explain, is_peer_word, same_image};
+use outcome::{cut_off, is_peer_word, same_image};
 use registry::drive_registry;
 
 /// The engine lines of `dos push --explain`: the local engine (asked, as
@@ -68,12 +68,124 @@ pub async fn explain_engines(opts: &PushOptions) -> String {
 /// the temporary names made so far are removed before it returns (a second
 /// signal cuts that short), and the error is [`crate::error::Interrupted`].
 pub async fn push(opts: PushOptions) -> Result<PushReport> {
-    crate::signal::run_interruptible(run(opts)).await
+    crate::signal::run_interruptible(run(opts, Wire::Command)).await
 }
 
-async fn run(opts: PushOptions) -> Result<PushReport> {
+/// Send as `opts` says over this process's own stdin/stdout: the far end
+/// of a `dos fetch`, whose command started this `dos send`. Failures are
+/// told to the fetcher in the session (it prints them); a failure before
+/// the session starts is told in one of its own.
+pub async fn send_over_stdio(opts: PushOptions) -> Result<PushReport> {
+    crate::signal::run_interruptible(run(opts, Wire::Stdio)).await
+}
+
+/// A `dos send` that won't send (a forced command's refusal) tells the
+/// fetcher why, in a session of its own, and fails with it.
+pub async fn refuse_fetcher(image: &str, within: Duration, why: String) -> anyhow::Error {
+    let told = tell(
+        image,
+        within,
+        Message::Outcome {
+            ok: false,
+            message: why.clone(),
+            refused: true,
+            image_id: None,
+            far: None,
+        },
+    )
+    .await;
+    if let Err(t) = told {
+        tracing::debug!("telling the fetcher: {t:#}");
+    }
+    anyhow::anyhow!(why)
+}
+
+/// Where the session's bytes go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// The stdin/stdout of `opts.command`, started here.
+    Command,
+    /// This process's stdin/stdout: the other end started us.
+    Stdio,
+}
+
+async fn run(opts: PushOptions, wire: Wire) -> Result<PushReport> {
+    let prepared = prepare(&opts, wire).await;
+    let (prepared, mut transport) = match (prepared, wire) {
+        (Ok(p), _) => p,
+        (Err(e), Wire::Stdio) => return Err(tell_fetcher(&opts, e).await),
+        (Err(e), Wire::Command) => return Err(e),
+    };
+    let Prepared {
+        src,
+        daemon,
+        layers,
+        mut capture,
+        plan,
+    } = prepared;
+    let (reader, writer): (BoxRead, BoxWrite) = match transport.as_mut() {
+        Some(t) => (
+            Box::new(t.stdout.take().context("transport stdout")?),
+            Box::new(t.stdin.take().context("transport stdin")?),
+        ),
+        None => (crate::stdio::stdin(), Box::new(tokio::io::stdout())),
+    };
+    let result = session(
+        reader,
+        writer,
+        wire,
+        &src,
+        &daemon,
+        layers,
+        &mut capture,
+        &opts,
+        &plan,
+    )
+    .await;
+    let grace = Duration::from_secs(if result.is_ok() { 2 } else { 0 });
+    let Some(mut transport) = transport else {
+        if let Some(c) = capture {
+            c.finish(grace).await;
+        }
+        return result;
+    };
+    // A command that never said hello is stopped at once: it was waited on
+    // long enough.
+    let silent = matches!(
+        result
+            .as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<HandshakeError>()),
+        Some(HandshakeError::Silent { .. })
+    );
+    let wait = Duration::from_secs(if silent { 0 } else { 5 });
+    let ((status, stderr), ()) = tokio::join!(transport.finish(wait), async {
+        if let Some(c) = capture {
+            c.finish(grace).await
+        }
+    });
+    let report = result.map_err(|e| explain(e, status, &stderr, &opts.command))?;
+    Ok(report)
+}
+
+type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// What a session sends, made ready before (and while) it connects.
+struct Prepared {
+    src: Source,
+    daemon: Daemon,
+    layers: Option<Layers<BoxRead>>,
+    capture: Option<capture::Session>,
+    plan: Plan,
+}
+
+/// The local engine, the image and the readers of its layers; the
+/// transport command started (`Wire::Command`) as soon as the image is
+/// known to exist, so that it connects meanwhile.
+async fn prepare(opts: &PushOptions, wire: Wire) -> Result<(Prepared, Option<Transport>)> {
     let image = ImageRef::parse(&opts.image)?;
-    if opts.command.is_empty() {
+    if wire == Wire::Command && opts.command.is_empty() {
         bail!("no transport command given (e.g. dos push app:1 ssh host dos pull app:1)");
     }
     let plan = opts.plan();
@@ -98,13 +210,18 @@ async fn run(opts: PushOptions) -> Result<PushReport> {
     }
     daemon.inspect(&opts.image).await?;
     tracing::debug!("local engine: {engine}");
-    let mut transport = Transport::spawn(&opts.command)?;
+    let mut transport = match wire {
+        Wire::Command => Some(Transport::spawn(&opts.command)?),
+        Wire::Stdio => None,
+    };
     // While the transport connects: what the transfer needs to know of the
     // image (on a containerd store, its manifest, through a push).
     let local = match engine.image(&opts.image).await {
         Ok(l) => l,
         Err(e) => {
-            transport.finish(Duration::ZERO).await;
+            if let Some(t) = transport.as_mut() {
+                t.finish(Duration::ZERO).await;
+            }
             return Err(e);
         }
     };
@@ -114,7 +231,6 @@ async fn run(opts: PushOptions) -> Result<PushReport> {
         local,
         engine: engine.clone(),
     };
-
     // Export alone where the classic store's faster readers don't apply.
     let classic_readers = delta_possible && engine.classic_readers();
     // While ssh connects: can the layers be read straight out of the
@@ -158,38 +274,70 @@ async fn run(opts: PushOptions) -> Result<PushReport> {
         content,
         shared: opts.shared.clone(),
     });
-    let result = session(
-        &mut transport,
-        &src,
-        &daemon,
+    let prepared = Prepared {
+        src,
+        daemon,
         layers,
-        &mut capture,
-        &opts,
-        &plan,
-    )
-    .await;
-    let grace = Duration::from_secs(if result.is_ok() { 2 } else { 0 });
-    // A command that never said hello is stopped at once: it was waited on
-    // long enough.
-    let silent = matches!(
-        result
-            .as_ref()
-            .err()
-            .and_then(|e| e.downcast_ref::<HandshakeError>()),
-        Some(HandshakeError::Silent { .. })
-    );
-    let wait = Duration::from_secs(if silent { 0 } else { 5 });
-    let ((status, stderr), ()) = tokio::join!(transport.finish(wait), async {
-        if let Some(c) = capture {
-            c.finish(grace).await
-        }
-    });
-    let report = result.map_err(|e| explain(e, status, &stderr, &opts.command))?;
-    Ok(report)
+        capture,
+        plan,
+    };
+    Ok((prepared, transport))
 }
 
+/// A `dos send` that can't start its session still speaks dos: the
+/// fetcher learns why from it (not that the far side isn't dos). Returns
+/// the error, for this side's exit code.
+async fn tell_fetcher(opts: &PushOptions, e: anyhow::Error) -> anyhow::Error {
+    let refused = matches!(e.downcast_ref::<PeerError>(), Some(PeerError::Refused(_)));
+    let told = tell(
+        &opts.image,
+        opts.hello,
+        Message::Outcome {
+            ok: false,
+            message: format!("{e:#}"),
+            refused,
+            image_id: None,
+            far: None,
+        },
+    )
+    .await;
+    if let Err(t) = told {
+        tracing::debug!("telling the fetcher: {t:#}");
+    }
+    e
+}
+
+/// One message to the fetcher in a session of its own: our hello, its
+/// hello, the message, the end.
+async fn tell(image: &str, within: Duration, msg: Message) -> Result<()> {
+    let mut stdin = crate::stdio::stdin();
+    let mut stdout = tokio::io::stdout();
+    let hello = Hello {
+        role: Role::Push,
+        image: image.to_string(),
+        release: env!("CARGO_PKG_VERSION").into(),
+        features: vec![FEATURE_HEARTBEAT.into(), FEATURE_TELLS.into()],
+        delta: None,
+    };
+    stdout.write_all(&handshake::encode(&hello)).await?;
+    stdout.flush().await?;
+    let (peer, leftover) = handshake::read_within(&mut stdin, within).await?;
+    let liveness = Liveness::with_peer(peer.has(FEATURE_HEARTBEAT), DEFAULT_IDLE);
+    let session = mux::start(stdin, leftover, stdout, Side::Listener, liveness);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        session.mux.control(msg.to_bytes()).await;
+        session.mux.shutdown().await
+    })
+    .await
+    .context("the fetcher did not read")?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn session(
-    t: &mut Transport,
+    mut stdout: BoxRead,
+    mut stdin: BoxWrite,
+    wire: Wire,
     src: &Source,
     daemon: &Daemon,
     mut layers: Option<Layers<impl AsyncRead + Send + Unpin + 'static>>,
@@ -197,7 +345,7 @@ async fn session(
     opts: &PushOptions,
     plan: &Plan,
 ) -> Result<PushReport> {
-    let hello = Hello {
+    let mut hello = Hello {
         role: Role::Push,
         image: src.image_str.clone(),
         release: env!("CARGO_PKG_VERSION").into(),
@@ -212,8 +360,10 @@ async fn session(
         },
         delta: layers.as_ref().map(|l| delta_plan(src, l)),
     };
-    let mut stdin = t.stdin.take().context("transport stdin")?;
-    let mut stdout = t.stdout.take().context("transport stdout")?;
+    if wire == Wire::Stdio {
+        // Failures are told in the session, not left to a cut link.
+        hello.features.push(FEATURE_TELLS.into());
+    }
     // Our hello goes first; a far side that isn't dos just won't read it.
     let _ = async {
         stdin.write_all(&handshake::encode(&hello)).await?;
@@ -221,8 +371,14 @@ async fn session(
     }
     .await;
     let (peer, leftover) = handshake::read_within(&mut stdout, opts.hello).await?;
-    if peer.role != Role::Pull {
-        bail!(PeerError::Refused("the far side is not a dos pull".into()));
+    match peer.role {
+        Role::Pull => {}
+        Role::Push if wire == Wire::Stdio => {
+            bail!(PeerError::Refused("the other side sends too".into()))
+        }
+        Role::Push => bail!(PeerError::Refused(
+            "the far side is a dos send, not a dos pull: it lets images be fetched from it (dos fetch), not pushed to it".into()
+        )),
     }
     let wanted = ImageRef::parse(&peer.image)
         .map_err(|e| PeerError::Refused(format!("the far side asked for an invalid image: {e}")))?;
@@ -306,6 +462,19 @@ async fn session(
         board.done();
     }
     display.finish();
+    if let (Wire::Stdio, Err(e)) = (wire, &result) {
+        // The fetcher prints why; its own word needs no echo.
+        if !e.chain().any(|c| c.is::<PeerError>()) {
+            let msg = Message::Outcome {
+                ok: false,
+                message: format!("{e:#}"),
+                refused: false,
+                image_id: None,
+                far: None,
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), mux.control(msg.to_bytes())).await;
+        }
+    }
     // Flush and close our half; bounded, as a dead link never drains. After
     // a failure there is nothing left worth waiting for.
     let grace = Duration::from_secs(if result.is_ok() { 10 } else { 1 });

@@ -229,6 +229,12 @@ pub fn loopback_names(host: &str, repo: &str) -> Vec<String> {
 }
 
 /// Every name on a daemon under registry host `prefix` for `repo`.
+/// No temporary name (under a loopback registry) is left for `repo` on `host`.
+pub fn assert_clean(host: &str, repo: &str) {
+    let left = loopback_names(host, repo);
+    assert!(left.is_empty(), "temporary names left on {host}: {left:?}");
+}
+
 pub fn names_under(host: &str, prefix: &str, repo: &str) -> Vec<String> {
     let ids = docker(host, &["image", "ls", "-q", "--no-trunc"]);
     let mut names = Vec::new();
@@ -400,6 +406,13 @@ pub fn link_bytes(e: &Env) -> u64 {
             .unwrap()
     };
     read("tx_bytes") + read("rx_bytes")
+}
+
+/// Held by a test that counts the link's bytes, and by the tests of its
+/// binary that use the link meanwhile: the count is then its own.
+pub fn link_to_myself() -> std::sync::MutexGuard<'static, ()> {
+    static LINK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LINK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A port nothing listens on now, found by binding port 0 (for a port that
