@@ -16,7 +16,8 @@
 //! - [`engine`]: what dos needs of a container engine (Docker's classic
 //!   store, Docker's containerd image store, podman), behind one interface.
 //! - [`docker`]: the Docker daemon API (bollard), connected like the docker CLI.
-//! - [`push`] / [`pull`]: the two commands.
+//! - [`push`] / [`pull`]: the two commands; [`fetch`] / [`send`]: the same
+//!   session the other way (the receiver starts the sender).
 //! - [`host`], [`bootstrap`]: `--to HOST` over the user's ssh, and dos copying itself to a host without it.
 //! - [`fanout`]: one push to several hosts, each layer read and compressed once.
 //! - [`plugin`]: dos as the Docker CLI plugin `docker dos`.

@@ -13,11 +13,16 @@
 mod delta;
 mod options;
 mod outcome;
+mod prepare;
 mod registry;
 mod source;
+mod tell;
 
 pub use options::{PushOptions, PushReport, DEFAULT_HELLO, DEFAULT_IDLE};
+use prepare::{prepare, Prepared};
 use source::Source;
+pub use tell::refuse_fetcher;
+use tell::tell_fetcher;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +31,6 @@ use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::capture;
-use crate::delta::content::ContentStore;
-use crate::delta::send;
-use crate::delta::store::LocalStore;
 use crate::docker::Daemon;
 use crate::engine::Engine;
 use crate::error::{PeerError, SetupError};
@@ -42,7 +44,7 @@ use crate::protocol::message::Message;
 use crate::reference::ImageRef;
 pub use crate::setup::Via;
 use crate::setup::{Exposure, Plan};
-use crate::transport::{explain, Transport};
+use crate::transport::explain;
 
 use delta::{delta_plan, drive_delta, Layers};
 use outcome::{cut_off, is_peer_word, same_image};
@@ -79,30 +81,9 @@ pub async fn send_over_stdio(opts: PushOptions) -> Result<PushReport> {
     crate::signal::run_interruptible(run(opts, Wire::Stdio)).await
 }
 
-/// A `dos send` that won't send (a forced command's refusal) tells the
-/// fetcher why, in a session of its own, and fails with it.
-pub async fn refuse_fetcher(image: &str, within: Duration, why: String) -> anyhow::Error {
-    let told = tell(
-        image,
-        within,
-        Message::Outcome {
-            ok: false,
-            message: why.clone(),
-            refused: true,
-            image_id: None,
-            far: None,
-        },
-    )
-    .await;
-    if let Err(t) = told {
-        tracing::debug!("telling the fetcher: {t:#}");
-    }
-    anyhow::anyhow!(why)
-}
-
 /// Where the session's bytes go.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Wire {
+pub(super) enum Wire {
     /// The stdin/stdout of `opts.command`, started here.
     Command,
     /// This process's stdin/stdout: the other end started us.
@@ -168,170 +149,8 @@ async fn run(opts: PushOptions, wire: Wire) -> Result<PushReport> {
     Ok(report)
 }
 
-type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
-type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
-
-/// What a session sends, made ready before (and while) it connects.
-struct Prepared {
-    src: Source,
-    daemon: Daemon,
-    layers: Option<Layers<BoxRead>>,
-    capture: Option<capture::Session>,
-    plan: Plan,
-}
-
-/// The local engine, the image and the readers of its layers; the
-/// transport command started (`Wire::Command`) as soon as the image is
-/// known to exist, so that it connects meanwhile.
-async fn prepare(opts: &PushOptions, wire: Wire) -> Result<(Prepared, Option<Transport>)> {
-    let image = ImageRef::parse(&opts.image)?;
-    if wire == Wire::Command && opts.command.is_empty() {
-        bail!("no transport command given (e.g. dos push app:1 ssh host dos pull app:1)");
-    }
-    let plan = opts.plan();
-    if let Some(why) = plan.blocked() {
-        bail!(SetupError(format!("not pushing: {why}")));
-    }
-    // The image must exist before anything is started or tagged.
-    let engine = match &opts.docker_host {
-        Some(h) => Engine::connect_to(h).await?,
-        None => Engine::connect().await?,
-    };
-    let daemon = engine.daemon.clone();
-    // The delta path is possible unless the user chose otherwise (a service
-    // registry keeps the registry path, as in the original tool) or the
-    // local engine's layers can't be read one by one.
-    let delta_wanted = plan.try_delta;
-    let delta_possible = delta_wanted && engine.reads_layers();
-    if opts.via == Via::Delta && !delta_possible {
-        bail!(SetupError(format!(
-            "--via delta: dos does not read layers out of {engine}; use --via registry"
-        )));
-    }
-    daemon.inspect(&opts.image).await?;
-    tracing::debug!("local engine: {engine}");
-    let mut transport = match wire {
-        Wire::Command => Some(Transport::spawn(&opts.command)?),
-        Wire::Stdio => None,
-    };
-    // While the transport connects: what the transfer needs to know of the
-    // image (on a containerd store, its manifest, through a push).
-    let local = match engine.image(&opts.image).await {
-        Ok(l) => l,
-        Err(e) => {
-            if let Some(t) = transport.as_mut() {
-                t.finish(Duration::ZERO).await;
-            }
-            return Err(e);
-        }
-    };
-    let src = Source {
-        image,
-        image_str: opts.image.clone(),
-        local,
-        engine: engine.clone(),
-    };
-    // Export alone where the classic store's faster readers don't apply.
-    let classic_readers = delta_possible && engine.classic_readers();
-    // While ssh connects: can the layers be read straight out of the
-    // daemon's store (as root, on its machine)? Then neither `docker save`
-    // nor the capture registry is needed.
-    let store = if classic_readers {
-        LocalStore::open(&daemon, &src.local.id, &src.local.diff_ids).await
-    } else {
-        None
-    };
-    // If not: can the daemon hand over just the new layers (capture), and
-    // is this image mostly known to it, so that its push should start now?
-    let mut capture = None;
-    let mut pushing_early = false;
-    if classic_readers && store.is_none() {
-        let image = capture::Image {
-            id: src.local.id.clone(),
-            diff_ids: src.local.diff_ids.clone(),
-            size: src.local.size,
-        };
-        capture = capture::Session::open(&daemon, image).await;
-        if let Some(c) = capture.as_mut() {
-            pushing_early = c.start_early();
-        }
-    }
-    // An image the daemon's push does not mostly know, and its store can't
-    // give, will be read with `docker save` unless the far side has it all:
-    // start the export now, so that its preparation overlaps ssh
-    // connecting. Otherwise the request waits for the far side's answer (and
-    // is only made if `docker save` is the way).
-    // An image the local engine names by its manifest (the containerd
-    // store) is read out of its content store where this process can.
-    let content = match &src.local.manifest {
-        Some(_) if delta_possible => ContentStore::open(&daemon, &src.local.config).await,
-        _ => None,
-    };
-    let early = !pushing_early && store.is_none() && content.is_none();
-    let layers = delta_possible.then(|| Layers {
-        export: send::start_export(&daemon, &src.local.id, early),
-        store,
-        content,
-        shared: opts.shared.clone(),
-    });
-    let prepared = Prepared {
-        src,
-        daemon,
-        layers,
-        capture,
-        plan,
-    };
-    Ok((prepared, transport))
-}
-
-/// A `dos send` that can't start its session still speaks dos: the
-/// fetcher learns why from it (not that the far side isn't dos). Returns
-/// the error, for this side's exit code.
-async fn tell_fetcher(opts: &PushOptions, e: anyhow::Error) -> anyhow::Error {
-    let refused = matches!(e.downcast_ref::<PeerError>(), Some(PeerError::Refused(_)));
-    let told = tell(
-        &opts.image,
-        opts.hello,
-        Message::Outcome {
-            ok: false,
-            message: format!("{e:#}"),
-            refused,
-            image_id: None,
-            far: None,
-        },
-    )
-    .await;
-    if let Err(t) = told {
-        tracing::debug!("telling the fetcher: {t:#}");
-    }
-    e
-}
-
-/// One message to the fetcher in a session of its own: our hello, its
-/// hello, the message, the end.
-async fn tell(image: &str, within: Duration, msg: Message) -> Result<()> {
-    let mut stdin = crate::stdio::stdin();
-    let mut stdout = tokio::io::stdout();
-    let hello = Hello {
-        role: Role::Push,
-        image: image.to_string(),
-        release: env!("CARGO_PKG_VERSION").into(),
-        features: vec![FEATURE_HEARTBEAT.into(), FEATURE_TELLS.into()],
-        delta: None,
-    };
-    stdout.write_all(&handshake::encode(&hello)).await?;
-    stdout.flush().await?;
-    let (peer, leftover) = handshake::read_within(&mut stdin, within).await?;
-    let liveness = Liveness::with_peer(peer.has(FEATURE_HEARTBEAT), DEFAULT_IDLE);
-    let session = mux::start(stdin, leftover, stdout, Side::Listener, liveness);
-    tokio::time::timeout(Duration::from_secs(10), async {
-        session.mux.control(msg.to_bytes()).await;
-        session.mux.shutdown().await
-    })
-    .await
-    .context("the fetcher did not read")?;
-    Ok(())
-}
+pub(super) type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+pub(super) type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
 #[allow(clippy::too_many_arguments)]
 async fn session(
