@@ -70,6 +70,33 @@ impl AllowList {
     }
 }
 
+/// Repository patterns (`team/*`): which repositories of a hub's registry
+/// a key may read or write. Matched against the repository path alone.
+#[derive(Debug, Clone, Default)]
+pub struct Repositories {
+    patterns: Vec<String>,
+}
+
+impl Repositories {
+    pub fn new(patterns: Vec<String>) -> Repositories {
+        Repositories { patterns }
+    }
+
+    pub fn allows(&self, repository: &str) -> bool {
+        self.patterns
+            .iter()
+            .any(|p| glob(p.as_bytes(), repository.as_bytes()))
+    }
+
+    pub fn describe(&self) -> String {
+        if self.patterns.is_empty() {
+            "none".into()
+        } else {
+            self.patterns.join(", ")
+        }
+    }
+}
+
 fn glob(p: &[u8], s: &[u8]) -> bool {
     // Iterative matching with one backtrack point: linear enough for names.
     let (mut pi, mut si) = (0, 0);
@@ -167,6 +194,14 @@ mod tests {
         assert!(bare.allows("web:9") && !bare.allows("webx:9"));
         assert!(AllowList::default().allows("anything:1"));
         assert!(!a.allows("NOT A REF"));
+    }
+
+    #[test]
+    fn repositories() {
+        let r = Repositories::new(vec!["team/*".into()]);
+        assert!(r.allows("team/app") && r.allows("team/a/b"));
+        assert!(!r.allows("other/app") && !r.allows("team") && !r.allows("teamx/app"));
+        assert!(!Repositories::default().allows("team/app"));
     }
 
     #[test]

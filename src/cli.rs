@@ -62,6 +62,13 @@ pub enum Command {
         only images the patterns allow are handed out, and nothing can be pushed with the key."
     )]
     Send(SendArgs),
+    /// The way into a registry on this host's loopback, as an ssh forced command.
+    #[command(after_help = "In authorized_keys on the hub, one line per key:\n  \
+        command=\"dos hub --registry 127.0.0.1:5000 --push 'team/*'\",restrict ssh-ed25519 AAAA… deployer\n  \
+        command=\"dos hub --registry 127.0.0.1:5000 --pull 'team/*'\",restrict ssh-ed25519 AAAA… server\n\
+        Then `dos push team/app:1 --to hub` pushes into it (only the blobs it lacks) and\n\
+        `dos fetch team/app:1 --from hub` gets the image from it.")]
+    Hub(HubArgs),
     /// Make `docker dos …` run this dos: link it as a Docker CLI plugin.
     InstallPlugin(InstallPluginArgs),
 }
@@ -208,6 +215,21 @@ pub struct SendArgs {
     /// pattern without a tag allows every tag). Repeatable.
     #[arg(long, value_name = "PATTERN")]
     pub allow: Vec<String>,
+    #[command(flatten)]
+    pub link: LinkArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct HubArgs {
+    /// The registry on this host's loopback.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5000")]
+    pub registry: String,
+    /// Repositories (`team/*`) this key may push into, and read. Repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub push: Vec<String>,
+    /// Repositories this key may read. Repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub pull: Vec<String>,
     #[command(flatten)]
     pub link: LinkArgs,
 }

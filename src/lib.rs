@@ -19,6 +19,7 @@
 //! - [`push`] / [`pull`]: the two commands; [`fetch`] / [`send`]: the same
 //!   session the other way (the receiver starts the sender).
 //! - [`host`], [`bootstrap`]: `--to HOST` over the user's ssh, and dos copying itself to a host without it.
+//! - [`hub`]: `dos hub`, the forced command in front of a registry on a host's loopback.
 //! - [`fanout`]: one push to several hosts, each layer read and compressed once.
 //! - [`plugin`]: dos as the Docker CLI plugin `docker dos`.
 //! - [`settings`]: every setting read from the environment, in one place.
@@ -46,6 +47,7 @@ pub mod fetch;
 pub mod gate;
 pub mod host;
 pub mod http;
+pub mod hub;
 pub mod leftovers;
 pub mod mux;
 pub mod plugin;

@@ -36,7 +36,7 @@ fn main() {
     };
     // A dos send's stderr reaches the fetcher's terminal: its own story is
     // the fetcher's to tell.
-    let sending = matches!(&cli.command, Command::Send(_));
+    let sending = matches!(&cli.command, Command::Send(_) | Command::Hub(_));
     let default = match (cli.verbose, quiet || sending) {
         (0, true) => "dos=warn",
         (0, false) => "dos=info",
@@ -63,7 +63,7 @@ fn main() {
     // The pushing side compresses, and its zstd calls block while the
     // workers are busy: the link must be fed from another thread then.
     let rt = match cli.command {
-        Command::Pull(_) | Command::Fetch(_) | Command::InstallPlugin(_) => {
+        Command::Pull(_) | Command::Fetch(_) | Command::Hub(_) | Command::InstallPlugin(_) => {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -97,6 +97,17 @@ fn main() {
             .await
             .map(|r| tracing::debug!("dos: sent: {}", r.detail())),
             Command::Fetch(a) => fetch(a, docker_host).await,
+            Command::Hub(a) => {
+                dos::hub::hub(dos::hub::HubOptions {
+                    registry: a.registry,
+                    push: dos::allow::Repositories::new(a.push),
+                    pull: dos::allow::Repositories::new(a.pull),
+                    original_command: dos::settings::ssh_original_command(),
+                    idle: a.link.idle(),
+                    hello: a.link.hello(),
+                })
+                .await
+            }
             Command::InstallPlugin(a) => {
                 let link = plugin::install(&dos::settings::expand_home(&a.dir))?;
                 eprintln!(

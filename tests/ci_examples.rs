@@ -135,7 +135,7 @@ fn check_command(words: &[String], file: &Path) -> (usize, usize) {
             ImageRef::parse(&f.image).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
             (0, 0)
         }
-        Command::Send(_) | Command::InstallPlugin(_) => (0, 0),
+        Command::Send(_) | Command::Hub(_) | Command::InstallPlugin(_) => (0, 0),
     }
 }
 

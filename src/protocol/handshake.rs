@@ -80,6 +80,10 @@ pub const FEATURE_EARLY_PLAN: &str = "early-plan";
 /// its own, which the receiver waits a moment for when a stream breaks.
 pub const FEATURE_TELLS: &str = "tells";
 
+/// The far side is a hub ([`crate::hub`]): a push goes into the registry
+/// on its loopback, by the pushing engine's own push through the session.
+pub const FEATURE_HUB: &str = "hub";
+
 /// The side understands heartbeat (`Ping`) frames and sends them.
 pub const FEATURE_HEARTBEAT: &str = "heartbeat";
 

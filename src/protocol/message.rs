@@ -51,6 +51,11 @@ pub enum Message {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         prove: bool,
     },
+    /// A hub's credentials for this session's push into its registry
+    /// (only requests bearing them pass its gate).
+    Hub { username: String, password: String },
+    /// The pusher's engine pushed the image into the hub: this manifest.
+    Pushed { manifest: String },
     /// The puller checked a layer it received against its diffID (sent
     /// only to a pusher that offers [`crate::protocol::handshake::FEATURE_PROGRESS`]).
     Verified { diff_id: String },

@@ -11,6 +11,7 @@
 //! and the transport said into the user's error.
 
 mod delta;
+mod hub;
 mod options;
 mod outcome;
 mod prepare;
@@ -38,7 +39,7 @@ use crate::mux::{self, Liveness, Side};
 use crate::progress::{Board, Display};
 use crate::protocol::handshake::{
     self, HandshakeError, Hello, Role, FEATURE_DELTA, FEATURE_EARLY_PLAN, FEATURE_FRAMES,
-    FEATURE_HEARTBEAT, FEATURE_PROGRESS, FEATURE_TELLS,
+    FEATURE_HEARTBEAT, FEATURE_HUB, FEATURE_PROGRESS, FEATURE_TELLS,
 };
 use crate::protocol::message::Message;
 use crate::reference::ImageRef;
@@ -212,13 +213,14 @@ async fn session(
         // An older far dos reads one frame: this host's stream is its own.
         l.shared = None;
     }
-    let use_delta = layers.is_some() && peer.has(FEATURE_DELTA);
+    let into_hub = peer.has(FEATURE_HUB);
+    let use_delta = !into_hub && layers.is_some() && peer.has(FEATURE_DELTA);
     if opts.via == Via::Delta && !use_delta {
         bail!(PeerError::Refused(
             "--via delta: the far dos can't receive a delta (it is an older dos, or its daemon is unreachable)".into()
         ));
     }
-    if !use_delta {
+    if !use_delta && !into_hub {
         if !plan.registry_allowed {
             bail!(PeerError::Refused(
                 "the far dos can't receive a delta and the registry path is not allowed here"
@@ -246,7 +248,9 @@ async fn session(
         *slot.lock().unwrap() = Some(board.clone());
     }
     let display = Display::start(board.clone(), opts.display, opts.label.as_deref());
-    let result = if let (true, Some(layers)) = (use_delta, layers) {
+    let result = if into_hub {
+        hub::drive_hub(&mut session, src, daemon).await
+    } else if let (true, Some(layers)) = (use_delta, layers) {
         tracing::info!(
             "dos: sending {} (only the layers the far side lacks)",
             src.image_str
@@ -306,7 +310,13 @@ async fn session(
         local_id,
         local_engine: src.engine.to_string(),
         far_engine: far.map(|f| f.engine),
-        path: if use_delta { "delta" } else { "registry" },
+        path: if into_hub {
+            "hub"
+        } else if use_delta {
+            "delta"
+        } else {
+            "registry"
+        },
         wire_out,
         wire_in,
         elapsed: started.elapsed(),

@@ -86,7 +86,7 @@ pub struct PushReport {
     /// The engines at both ends (the far one as it says, when it does).
     pub local_engine: String,
     pub far_engine: Option<String>,
-    /// "delta" or "registry".
+    /// "delta", "registry" or "hub".
     pub path: &'static str,
     /// Bytes written to and read from the transport.
     pub wire_out: u64,
@@ -148,6 +148,8 @@ impl PushReport {
             } else {
                 format!(" ({} of {all} layers were there)", self.layers_present)
             }
+        } else if self.path == "hub" {
+            " (into the hub's registry, which kept the blobs it had)".to_string()
         } else {
             " (the far daemon pulled it through the relay)".to_string()
         };

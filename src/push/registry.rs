@@ -125,7 +125,7 @@ pub(super) async fn drive_registry(
 
 /// Tag, push, and remove every name this step added, whatever happened.
 /// Returns the manifest digest the push produced.
-async fn push_to_registry(
+pub(super) async fn push_to_registry(
     daemon: &Daemon,
     src: &Source,
     addr: &str,

@@ -37,6 +37,7 @@ need_pkgs() {
   command -v ip >/dev/null || missing+=(iproute2)
   command -v docker-registry >/dev/null || [[ -x /usr/bin/docker-registry ]] || missing+=(docker-registry)
   command -v zstd >/dev/null || missing+=(zstd)
+  command -v curl >/dev/null || missing+=(curl)
   [[ -x /usr/bin/time ]] || missing+=(time)
   command -v python3 >/dev/null || missing+=(python3)
   command -v pgrep >/dev/null && command -v kill >/dev/null || missing+=(procps)
@@ -225,6 +226,21 @@ OLD
   nsenter --net=/run/netns/"$ns" /usr/sbin/sshd -f "$DIR/sshd_config" -E "$DIR/sshd.log"
   for h in "$rip" "[$rip]:2222" "[$rip]:2223" "[$rip]:2224"; do echo "$h $(cat "$DIR/hostkey.pub")"; done >"$DIR/known_hosts"
   fan_up "$id" "$net"
+  # The hub: a real registry (CNCF distribution) on the second host's
+  # loopback only; dos hub, as a forced command, is the only way in.
+  mkdir -p "$DIR/hub-registry"
+  cat >"$DIR/hub-registry.yml" <<CFG
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $DIR/hub-registry
+http:
+  addr: 127.0.0.1:5000
+CFG
+  nsenter --net=/run/netns/"$ns" /usr/bin/docker-registry serve "$DIR/hub-registry.yml" >"$DIR/hub-registry.log" 2>&1 &
+  echo $! >"$DIR/hub-registry.pid"
   cat >"$DIR/ssh_config" <<CFG
 Host remote bare old arm
   HostName $rip
@@ -277,6 +293,11 @@ CFG
     echo "env.sh: $s: $(DOCKER_HOST=unix://$DIR/$s.sock docker version --format '{{.Server.Version}} {{range .Server.Components}}{{.Name}} {{.Version}}; {{end}}') $(DOCKER_HOST=unix://$DIR/$s.sock docker info --format '{{json .DriverStatus}}' 2>/dev/null)" >&2
   done
   for _ in $(seq 100); do
+    nsenter --net=/run/netns/"$ns" curl -fs http://127.0.0.1:5000/v2/ >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  nsenter --net=/run/netns/"$ns" curl -fs http://127.0.0.1:5000/v2/ >/dev/null || { cat "$DIR/hub-registry.log" >&2; exit 1; }
+  for _ in $(seq 100); do
     ssh -F "$DIR/ssh_config" remote true 2>/dev/null && break
     sleep 0.1
   done
@@ -306,6 +327,7 @@ export DOS_TEST_RESTARTABLE=unix://$DIR/rst.sock
 export DOS_TEST_C_LOCAL=unix://$DIR/c-local.sock
 export DOS_TEST_C_REMOTE=unix://$DIR/c-remote.sock
 export DOS_TEST_PODMAN=unix://$DIR/podman.sock
+export DOS_TEST_HUB_REGISTRY=127.0.0.1:5000
 export DOS_TEST_FAN_HOSTS=$FAN_HOSTS
 export DOS_TEST_FAN_SWITCH=dosw$id
 export DOS_TEST_FAN_PORTS=dosp$id
@@ -322,7 +344,7 @@ ENV
 down() {
   [[ -d $DIR ]] || return 0
   fan_down
-  for p in sshd local peer remote tiny rst c-local c-remote podman c-local-ctd c-remote-ctd; do
+  for p in sshd hub-registry local peer remote tiny rst c-local c-remote podman c-local-ctd c-remote-ctd; do
     [[ -f $DIR/$p.pid ]] && kill "$(cat "$DIR/$p.pid")" 2>/dev/null || true
   done
   for p in local peer remote tiny rst c-local c-remote podman c-local-ctd c-remote-ctd; do
