@@ -9,14 +9,19 @@ checked on every host (the same image ID as here) before it counts. It
 reports wall seconds, local CPU seconds (dos and the ssh processes it
 runs: user + system), and bytes on the uplink; beside dos, the best a pipe
 can do: `docker save | zstd` once, its output copied to one
-`ssh HOST 'zstd -d | docker load'` per host.
+`ssh HOST 'zstd -d | docker load'` per host. And through a hub: f1 runs a
+registry on its loopback (the harness starts it) behind `dos hub` forced
+commands; `dos push --hub hub --to f2,…` pushes into it once and each
+server fetches from it over its own link.
 """
 import argparse
 import os
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +39,33 @@ class Fan:
         self.sock = {h: f"unix://{bed.dir}/{h}.sock" for h in self.hosts}
         self.uplink = v["DOS_TEST_FAN_UPLINK"]
         self.ssh_config = bed.write_ssh_config(delay_ms)
+
+    def hub_setup(self):
+        """Keys whose forced command is `dos hub` (a deployer that may push,
+        servers that may read), and ssh configs naming f1 `hub` with them."""
+        d = tempfile.mkdtemp(prefix="hub.", dir=self.bed.dir)
+        base = open(self.ssh_config).read()
+        ip = None
+        for block in base.split("\nHost "):
+            lines = block.splitlines()
+            if lines and lines[0].strip() == "f1":
+                ip = next(l.split()[1] for l in lines if l.strip().startswith("HostName"))
+        self.hub_cfg = {}
+        for name, lists in (("deployer", "--push 'bench/*'"), ("server", "--pull 'bench/*'")):
+            key = os.path.join(d, name)
+            sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key])
+            pub = open(key + ".pub").read().strip()
+            with open(os.path.join(self.bed.dir, "authorized_keys"), "a") as f:
+                f.write(f'command="dos hub --registry 127.0.0.1:5000 {lists}",restrict {pub}\n')
+            cfg = os.path.join(d, f"ssh_config.{name}")
+            with open(cfg, "w") as f:
+                f.write(f"Host hub\n  HostName {ip}\n  User root\n  IdentityFile {key}\n"
+                        f"  IdentitiesOnly yes\n  UserKnownHostsFile {self.bed.dir}/known_hosts\n"
+                        "  StrictHostKeyChecking yes\n  BatchMode yes\n  LogLevel ERROR\n" + base)
+            self.hub_cfg[name] = cfg
+
+    def wipe_hub(self):
+        shutil.rmtree(os.path.join(self.bed.dir, "f1-registry", "docker"), ignore_errors=True)
 
     def uplink_bytes(self):
         s = f"/sys/class/net/{self.uplink}/statistics"
@@ -59,6 +91,9 @@ class Fan:
             if got != want:
                 return f"{h} holds {got}, not {want}"
         return None
+
+
+HUB = "dos --hub f1"
 
 
 def dos_cmd(fan, hosts, ref):
@@ -95,6 +130,13 @@ def measure(fan, method, hosts, ref):
     if method == "dos":
         r = subprocess.run(dos_cmd(fan, hosts, ref), env=env, stdin=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
+        code, err = r.returncode, r.stderr
+    elif method == HUB:
+        fan.wipe_hub()
+        env["DOS_SSH"] = f"ssh -F {fan.hub_cfg['deployer']}"
+        cmd = ["dos", "push", "-q", ref, "--hub", "hub", "--to", ",".join(hosts),
+               "--hub-ssh", f"ssh -F {fan.hub_cfg['server']}", "--parallel", str(len(hosts))]
+        r = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         code, err = r.returncode, r.stderr
     else:
         code, err = pipe_run(fan, hosts, ref, env), ""
@@ -140,8 +182,11 @@ def main():
     build_images(bed, a.scale, bed.vars["DOS_TEST_BUSYBOX"])
     ref = f"{IMG}:2"
     methods = ["dos", "save|zstd once, tee to N ssh loads"]
+    # Through the hub f1: the servers are the other hosts.
+    servers = sorted({min(c, fan.n - 1) for c in counts if fan.n > 1})
     rows = {}
     fan.shape("none")
+    fan.hub_setup()
     log("unshaped")
     for i in range(a.runs):
         for n in counts:
@@ -149,7 +194,12 @@ def main():
                 r = measure(fan, m, fan.hosts[:n], ref)
                 rows.setdefault(("unshaped", n, m), []).append(r)
                 log(f"  {n} hosts, {m} (round {i + 1}): {fmt(r)}")
+        for n in servers:
+            r = measure(fan, HUB, fan.hosts[1:n + 1], ref)
+            rows.setdefault(("unshaped", n, HUB), []).append(r)
+            log(f"  {n} servers, {HUB} (round {i + 1}): {fmt(r)}")
     fan = Fan(bed, a.delay_ms)
+    fan.hub_setup()
     fan.shape(a.rate)
     log(f"shared uplink {a.rate}, {a.delay_ms} ms one way")
     try:
@@ -158,6 +208,10 @@ def main():
                 r = measure(fan, m, fan.hosts[:n], ref)
                 rows[(a.rate, n, m)] = [r]
                 log(f"  {n} hosts, {m}: {fmt(r)}")
+        for n in servers:
+            r = measure(fan, HUB, fan.hosts[1:n + 1], ref)
+            rows[(a.rate, n, HUB)] = [r]
+            log(f"  {n} servers, {HUB}: {fmt(r)}")
     finally:
         fan.shape("none")
     rate_bps = parse_rate(a.rate)
@@ -169,6 +223,14 @@ def main():
     for link in ("unshaped", a.rate):
         for n in counts:
             print(f"| {link} | {n} | {fmt(res[(link, n, methods[0])])} | {fmt(res[(link, n, methods[1])])} |")
+    print()
+    print(f"Through a hub: {ref} pushed into f1's registry once, then fetched by each server from f1 "
+          "(the uplink row counts the deploy machine's uplink only)\n")
+    print(f"| uplink | servers | {HUB} |")
+    print("|---|---|---|")
+    for link in ("unshaped", a.rate):
+        for n in servers:
+            print(f"| {link} | {n} | {fmt(res[(link, n, HUB)])} |")
     print()
     checks = []
     one, five = res.get(("unshaped", 1, "dos")), res.get(("unshaped", max(counts), "dos"))
@@ -187,8 +249,14 @@ def main():
             checks.append((f"{n} hosts on the shared {a.rate}: wall ≤ 1.15× (bytes ÷ rate)",
                            r["secs"] <= 1.15 * ideal,
                            f"{r['secs']:.2f} s vs {ideal:.2f} s = {r['secs'] / ideal:.2f}×"))
-    checks.append(("through a hub, the uplink carries one copy", False,
-                   "not measured: dos has no hub yet"))
+    h1, hk = res.get((a.rate, servers[0], HUB)) if servers else None, res.get((a.rate, servers[-1], HUB)) if servers else None
+    if h1 and hk and "error" not in h1 and "error" not in hk:
+        checks.append((f"through a hub, the uplink carries one copy ({servers[-1]} servers ≤ 1.1× {servers[0]})",
+                       hk["bytes"] <= 1.1 * h1["bytes"],
+                       f"{hk['bytes'] / MB:.1f} MB vs {h1['bytes'] / MB:.1f} MB = {hk['bytes'] / h1['bytes']:.2f}×"))
+    else:
+        checks.append(("through a hub, the uplink carries one copy", False,
+                       f"no figure: {(hk or h1 or {}).get('error', 'no servers')}"))
     print("| target | result | figure |\n|---|---|---|")
     for name, ok, fig in checks:
         print(f"| {name} | {'met' if ok else 'MISSED'} | {fig} |")

@@ -73,8 +73,8 @@ impl Target {
 
 /// Push `opts.image` to `to`, bringing dos there if it must.
 pub async fn push_to(opts: PushOptions, to: &Target) -> Result<PushReport> {
-    let image = opts.image.clone();
-    run_on(to, "pull", &image, |command| {
+    let args = format!("pull {}", quote(&opts.image));
+    run_on(to, &args, |command| {
         let mut o = opts.clone();
         o.command = command;
         push::push(o)
@@ -82,18 +82,17 @@ pub async fn push_to(opts: PushOptions, to: &Target) -> Result<PushReport> {
     .await
 }
 
-/// Run `attempt` with the command that starts `dos VERB IMAGE` on `to`:
-/// first its own dos on PATH (what a forced command expects); should that
-/// find no dos, or one of another protocol, this dos is brought there (if
-/// the user agrees) and `attempt` runs again with that copy.
-pub async fn run_on<T, F, Fut>(to: &Target, verb: &str, image: &str, mut attempt: F) -> Result<T>
+/// Run `attempt` with the command that starts `dos ARGS` on `to` (ARGS
+/// quoted for its shell): first its own dos on PATH (what a forced command
+/// expects); should that find no dos, or one of another protocol, this dos
+/// is brought there (if the user agrees) and `attempt` runs again with that
+/// copy.
+pub async fn run_on<T, F, Fut>(to: &Target, args: &str, mut attempt: F) -> Result<T>
 where
     F: FnMut(Vec<String>) -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    let first = to
-        .host
-        .command(&to.ssh, &format!("dos {verb} {}", quote(image)));
+    let first = to.host.command(&to.ssh, &format!("dos {args}"));
     let err = match attempt(first).await {
         Ok(r) => return Ok(r),
         Err(e) => e,
@@ -128,7 +127,7 @@ where
             to.host
         );
     }
-    let copy = format!("exec {FAR_DIR}/{} {verb} {}", far_name(), quote(image));
+    let copy = format!("exec {FAR_DIR}/{} {args}", far_name());
     attempt(to.host.command(&to.ssh, &format!("sh -c {}", quote(&copy)))).await
 }
 

@@ -100,6 +100,15 @@ pub struct PushArgs {
     /// to several hosts at once.
     #[arg(long, value_name = "HOST", value_delimiter = ',')]
     pub to: Vec<String>,
+    /// Push into the dos hub HUB once, then have each --to host fetch the
+    /// image from it (`dos fetch IMAGE --from HUB` run there): the uplink
+    /// here carries one copy whatever the number of hosts.
+    #[arg(long, value_name = "HUB", requires = "to")]
+    pub hub: Option<String>,
+    /// With --hub: the ssh command the --to hosts run to reach the hub
+    /// (their own `ssh` by default).
+    #[arg(long, value_name = "CMD", requires = "hub")]
+    pub hub_ssh: Option<String>,
     /// With several --to hosts: at most N sessions at once.
     #[arg(long, value_name = "N", default_value_t = crate::fanout::DEFAULT_PARALLEL,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..256))]
@@ -261,6 +270,18 @@ fn ssh_words(ssh: &str) -> anyhow::Result<Vec<String>> {
 }
 
 impl PushArgs {
+    /// The hub `--hub` names, with the ssh that reaches it from here.
+    pub fn hub_target(&self) -> anyhow::Result<Option<crate::bootstrap::Target>> {
+        let Some(hub) = &self.hub else {
+            return Ok(None);
+        };
+        Ok(Some(crate::bootstrap::Target {
+            host: crate::host::Host::parse(hub)?,
+            ssh: ssh_words(&self.ssh)?,
+            install: crate::bootstrap::Install::No,
+        }))
+    }
+
     /// The hosts `--to` names, with the ssh that reaches them.
     pub fn targets(&self) -> anyhow::Result<Vec<crate::bootstrap::Target>> {
         use crate::bootstrap::{Install, Target};

@@ -47,8 +47,8 @@ pub async fn fetch(opts: FetchOptions) -> Result<Received> {
 
 /// Fetch from `from`, bringing dos there if it must (as a push does).
 pub async fn fetch_from(opts: FetchOptions, from: &Target) -> Result<Received> {
-    let image = opts.image.clone();
-    bootstrap::run_on(from, "send", &image, |command| {
+    let args = format!("send {}", crate::host::quote(&opts.image));
+    bootstrap::run_on(from, &args, |command| {
         fetch(FetchOptions {
             command,
             ..opts.clone()

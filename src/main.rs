@@ -128,6 +128,7 @@ fn main() {
 
 async fn push(a: dos::cli::PushArgs, docker_host: Option<String>) -> anyhow::Result<()> {
     let mut targets = a.targets()?;
+    let hub = a.hub_target()?;
     let mut opts = dos::push::PushOptions::new(a.image.clone(), strip_dashdash(a.command));
     opts.registry_port = a.registry_port;
     opts.via = a.via;
@@ -147,6 +148,17 @@ async fn push(a: dos::cli::PushArgs, docker_host: Option<String>) -> anyhow::Res
         print!("{}", opts.plan());
         print!("{}", dos::push::explain_engines(&opts).await);
         return Ok(());
+    }
+    if let Some(hub) = hub {
+        for t in &mut targets {
+            if t.install == dos::bootstrap::Install::Ask {
+                t.install = dos::bootstrap::Install::No;
+            }
+        }
+        let report =
+            dos::fanout::through_hub(opts, &hub, targets, a.hub_ssh.as_deref(), a.parallel).await?;
+        dos::progress::write_stderr(report.table(&a.image).as_bytes());
+        return report.into_result();
     }
     if targets.len() > 1 {
         for t in &mut targets {

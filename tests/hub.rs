@@ -196,3 +196,130 @@ fn nothing_on_the_hub_listens_beyond_loopback() {
     }
     assert_eq!(registry, 1, "the hub's registry: {listeners}");
 }
+
+/// The address of fan host `alias` (its HostName in the harness's ssh config).
+fn fan_ip(e: &Env, alias: &str) -> String {
+    let cfg = std::fs::read_to_string(&e.ssh_config).unwrap();
+    let block = cfg
+        .split("\nHost ")
+        .find(|b| b.lines().next() == Some(alias))
+        .unwrap_or_else(|| panic!("no Host {alias} in {}", e.ssh_config));
+    block
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("HostName "))
+        .unwrap()
+        .to_string()
+}
+
+/// An ssh config naming f1 `hub`, reached with `key`; then the harness's.
+fn with_hub(e: &Env, key: &LockedKey, path: &std::path::Path) -> String {
+    let base = std::fs::read_to_string(&e.ssh_config).unwrap();
+    let known = format!("{}/known_hosts", std::env::var("DOS_TEST_DIR").unwrap());
+    let cfg = format!(
+        "Host hub\n  HostName {}\n  User root\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n  StrictHostKeyChecking yes\n  BatchMode yes\n  LogLevel ERROR\n{base}",
+        fan_ip(e, "f1"),
+        key.key().display()
+    );
+    std::fs::write(path, cfg).unwrap();
+    path.display().to_string()
+}
+
+fn counter(dev: &str) -> u64 {
+    ["rx_bytes", "tx_bytes"]
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(format!("/sys/class/net/{dev}/statistics/{f}"))
+                .unwrap()
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum()
+}
+
+/// `--hub`: the image into the hub (f1) once, then f2 and f3 each fetch it
+/// from there over their own links: the uplink from here carries one copy.
+#[test]
+fn through_a_hub_the_uplink_carries_one_copy() {
+    let e = need_env!();
+    assert!(e.fan.len() >= 3, "three fan hosts");
+    let team = unique("team-fan");
+    let image = format!("{team}/app:1");
+    let id = build_image(&e.local, &image, fresh_seed(), 4 * 1024 * 1024, "via hub\n");
+    let dir = tempfile::tempdir().unwrap();
+    let deployer = hub_key(e, &format!("--push '{team}/*'"));
+    let server = hub_key(e, &format!("--pull '{team}/*'"));
+    let here = with_hub(e, &deployer, &dir.path().join("deployer"));
+    let there = with_hub(e, &server, &dir.path().join("server"));
+    let uplink = std::env::var("DOS_TEST_FAN_UPLINK").unwrap();
+    let ports: Vec<u64> = e.fan[1..3].iter().map(|f| counter_in(e, &f.port)).collect();
+    let before = counter(&uplink);
+    let out = dos_env(
+        &e.local,
+        &[
+            "push",
+            &image,
+            "--hub",
+            "hub",
+            "--to",
+            "f2,f3",
+            "--hub-ssh",
+            &format!("ssh -F {there}"),
+        ],
+        &[("DOS_SSH", &format!("ssh -F {here}"))],
+    );
+    let err = stderr(&out);
+    eprintln!("{err}");
+    assert!(out.status.success(), "{err}");
+    let carried = counter(&uplink) - before;
+    for (f, b) in e.fan[1..3].iter().zip(&ports) {
+        assert_eq!(
+            image_id(&f.docker, &image).as_deref(),
+            Some(id.as_str()),
+            "on {}",
+            f.alias
+        );
+        let got = counter_in(e, &f.port) - b;
+        assert!(
+            got > 4 * 1024 * 1024,
+            "{} received only {got} bytes",
+            f.alias
+        );
+    }
+    eprintln!("uplink bytes: {carried}");
+    assert!(
+        carried > 4 * 1024 * 1024,
+        "the uplink carried only {carried} bytes"
+    );
+    assert!(
+        carried < 6 * 1024 * 1024,
+        "the uplink carried {carried} bytes: more than one copy"
+    );
+    assert!(
+        err.contains("into the hub once, on 2 of 2 servers"),
+        "{err}"
+    );
+}
+
+/// A counter of a port on the fan switch (inside its namespace).
+fn counter_in(e: &Env, port: &str) -> u64 {
+    ["rx_bytes", "tx_bytes"]
+        .iter()
+        .map(|f| {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &e.fan_switch,
+                    "cat",
+                    &format!("/sys/class/net/{port}/statistics/{f}"),
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum()
+}

@@ -544,6 +544,11 @@ impl LockedKey {
         LockedKey { dir }
     }
 
+    /// The private key.
+    pub fn key(&self) -> PathBuf {
+        self.dir.path().join("key")
+    }
+
     /// An ssh config for the test hosts that offers this key only.
     pub fn config(&self) -> String {
         self.dir.path().join("ssh_config").display().to_string()

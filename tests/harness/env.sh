@@ -117,6 +117,11 @@ CFG
     nsenter --net=/run/netns/"$ns" /usr/sbin/sshd -f "$DIR/sshd_config-f$k" -E "$DIR/sshd-f$k.log"
     echo "$ip $(cat "$DIR/hostkey.pub")" >>"$DIR/known_hosts"
   done
+  # f1 can serve as a hub for the others: a registry on its loopback.
+  mkdir -p "$DIR/f1-registry"
+  sed "s|$DIR/hub-registry\$|$DIR/f1-registry|" "$DIR/hub-registry.yml" >"$DIR/f1-registry.yml"
+  nsenter --net=/run/netns/"dosf${id}1" /usr/bin/docker-registry serve "$DIR/f1-registry.yml" >"$DIR/f1-registry.log" 2>&1 &
+  echo $! >"$DIR/f1-registry.pid"
 }
 
 fan_down() {
@@ -124,6 +129,7 @@ fan_down() {
   local sw up n k
   read -r sw up n <"$DIR/fan"
   local id=${sw#dosw}
+  [[ -f $DIR/f1-registry.pid ]] && kill "$(cat "$DIR/f1-registry.pid")" 2>/dev/null || true
   for ((k = 1; k <= n; k++)); do
     [[ -f $DIR/sshd-f$k.pid ]] && kill "$(cat "$DIR/sshd-f$k.pid")" 2>/dev/null || true
     local pid; pid=$(cat "$DIR/f$k.pid" 2>/dev/null || true)
@@ -225,7 +231,6 @@ OLD
   chmod 755 "$DIR/old-bin/dos"
   nsenter --net=/run/netns/"$ns" /usr/sbin/sshd -f "$DIR/sshd_config" -E "$DIR/sshd.log"
   for h in "$rip" "[$rip]:2222" "[$rip]:2223" "[$rip]:2224"; do echo "$h $(cat "$DIR/hostkey.pub")"; done >"$DIR/known_hosts"
-  fan_up "$id" "$net"
   # The hub: a real registry (CNCF distribution) on the second host's
   # loopback only; dos hub, as a forced command, is the only way in.
   mkdir -p "$DIR/hub-registry"
@@ -241,6 +246,7 @@ http:
 CFG
   nsenter --net=/run/netns/"$ns" /usr/bin/docker-registry serve "$DIR/hub-registry.yml" >"$DIR/hub-registry.log" 2>&1 &
   echo $! >"$DIR/hub-registry.pid"
+  fan_up "$id" "$net"
   cat >"$DIR/ssh_config" <<CFG
 Host remote bare old arm
   HostName $rip
@@ -297,6 +303,11 @@ CFG
     sleep 0.1
   done
   nsenter --net=/run/netns/"$ns" curl -fs http://127.0.0.1:5000/v2/ >/dev/null || { cat "$DIR/hub-registry.log" >&2; exit 1; }
+  for _ in $(seq 100); do
+    nsenter --net=/run/netns/"dosf${id}1" curl -fs http://127.0.0.1:5000/v2/ >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  nsenter --net=/run/netns/"dosf${id}1" curl -fs http://127.0.0.1:5000/v2/ >/dev/null || { cat "$DIR/f1-registry.log" >&2; exit 1; }
   for _ in $(seq 100); do
     ssh -F "$DIR/ssh_config" remote true 2>/dev/null && break
     sleep 0.1

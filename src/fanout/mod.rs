@@ -8,6 +8,13 @@
 //! compressed once ([`crate::delta::shared`]), then sent to each at its
 //! link's pace. A host that fails (unreachable, refused, its disk full)
 //! fails alone: the others go on, and the command ends non-zero naming it.
+//!
+//! [`hub`]: the same through a hub, the deploy machine's uplink carrying
+//! one copy (`--hub`).
+
+mod hub;
+
+pub use hub::{through_hub, HubReport, ServerOutcome};
 
 use std::time::{Duration, Instant};
 
