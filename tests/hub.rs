@@ -3,6 +3,8 @@
 //! command of each key. A deploy machine pushes into it once (only the
 //! blobs it lacks), servers of two engines get the image from it, and each
 //! key is held to its lists; nothing on the hub listens beyond loopback.
+//! Every test holds the link (they all cross it), so byte counts are each
+//! one's own.
 
 mod common;
 
@@ -112,6 +114,7 @@ fn a_push_into_the_hub_then_two_servers_get_it() {
 #[test]
 fn hub_keys_are_held_to_their_lists() {
     let e = need_env!();
+    let _link = link_to_myself();
     let team = unique("team-ro");
     let other = unique("other");
     let image = format!("{team}/app:1");
@@ -157,6 +160,7 @@ fn hub_keys_are_held_to_their_lists() {
 #[test]
 fn nothing_on_the_hub_listens_beyond_loopback() {
     let e = need_env!();
+    let _link = link_to_myself();
     let team = unique("team-ls");
     let key = hub_key(e, &format!("--pull '{team}/*'"));
     // A session that says nothing: the hub has said hello and waits.
@@ -242,6 +246,7 @@ fn counter(dev: &str) -> u64 {
 #[test]
 fn through_a_hub_the_uplink_carries_one_copy() {
     let e = need_env!();
+    let _link = link_to_myself();
     assert!(e.fan.len() >= 3, "three fan hosts");
     let team = unique("team-fan");
     let image = format!("{team}/app:1");

@@ -28,7 +28,7 @@ mod registry;
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use hyper::{Method, StatusCode};
 use tokio::io::AsyncWriteExt;
 
@@ -132,9 +132,13 @@ async fn run(opts: HubOptions) -> Result<()> {
     let mut stdin = crate::stdio::stdin();
     stdout.write_all(&handshake::encode(&hello)).await?;
     stdout.flush().await?;
-    let (peer, leftover) = handshake::read_within(&mut stdin, opts.hello)
-        .await
-        .context("reading the client's handshake")?;
+    let (peer, leftover) = match handshake::read_within(&mut stdin, opts.hello).await {
+        Ok(r) => r,
+        // Not a dos client (a person at a plain ssh prompt): the refusal
+        // is what it needs to read.
+        Err(_) if refusal.is_some() => bail!("{}", refusal.unwrap_or_default()),
+        Err(e) => return Err(anyhow::Error::new(e).context("reading the client's handshake")),
+    };
     let liveness = Liveness::with_peer(peer.has(FEATURE_HEARTBEAT), opts.idle);
     let side = if role == Role::Pull {
         Side::Dialer
