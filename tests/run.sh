@@ -23,4 +23,4 @@ BIN_DIR=$(dirname "$static") tests/harness/env.sh up "$dir"
 # shellcheck disable=SC1091
 source "$dir/env"
 export DOS_TEST_REQUIRE=1
-cargo test --locked "$@"
+cargo test --locked --no-fail-fast "$@"

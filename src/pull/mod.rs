@@ -140,6 +140,11 @@ where
         tracing::debug!("far engine: {e}");
     }
     let (peer, leftover) = read.context("reading the pusher's handshake")?;
+    if peer.role == Role::Pull {
+        // Two receivers (a fetch through a key locked to `dos pull`): the
+        // other side has said what it is and stopped; nothing to answer.
+        bail!(PeerError::Refused(NOT_A_SENDER.into()));
+    }
     let (image, wanted) = match fixed {
         Some(f) => f,
         // Refused: the pusher's offer is named back, so that it reads on
@@ -262,6 +267,8 @@ where
     })
 }
 
+const NOT_A_SENDER: &str = "the other side is a dos pull, not a dos push or send: images go to it, not from it (is this key locked to dos pull?)";
+
 /// What a receive needs to know besides the session.
 struct Asked<'a> {
     wanted: &'a ImageRef,
@@ -317,9 +324,7 @@ async fn serve(
         wanted, wanted_str, ..
     } = ctx;
     if peer.role != Role::Push {
-        bail!(PeerError::Refused(
-            "the other side is a dos pull, not a dos push or send: images go to it, not from it (is this key locked to dos pull?)".into()
-        ));
+        bail!(PeerError::Refused(NOT_A_SENDER.into()));
     }
     let offered = ImageRef::parse(&peer.image).map_err(|e| PeerError::Refused(e.to_string()))?;
     if !offered.same_as(wanted) {
