@@ -149,23 +149,21 @@ async fn push(a: dos::cli::PushArgs, docker_host: Option<String>) -> anyhow::Res
         print!("{}", dos::push::explain_engines(&opts).await);
         return Ok(());
     }
-    if let Some(hub) = hub {
+    if hub.is_some() || targets.len() > 1 {
+        // Several hosts ask no one: their prompts would interleave.
         for t in &mut targets {
             if t.install == dos::bootstrap::Install::Ask {
                 t.install = dos::bootstrap::Install::No;
             }
         }
+    }
+    if let Some(hub) = hub {
         let report =
             dos::fanout::through_hub(opts, &hub, targets, a.hub_ssh.as_deref(), a.parallel).await?;
         dos::progress::write_stderr(report.table(&a.image).as_bytes());
         return report.into_result();
     }
     if targets.len() > 1 {
-        for t in &mut targets {
-            if t.install == dos::bootstrap::Install::Ask {
-                t.install = dos::bootstrap::Install::No;
-            }
-        }
         let report = dos::fanout::push_many(opts, targets, a.parallel).await?;
         for h in &report.hosts {
             match &h.result {

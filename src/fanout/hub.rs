@@ -145,25 +145,12 @@ impl HubReport {
                 format!("{:.1} s", s.elapsed.as_secs_f64()),
                 match &s.result {
                     Ok(l) => format!("ok: {l}"),
-                    Err(e) => format!("FAILED: {}", format!("{e:#}").lines().next().unwrap_or("")),
+                    Err(e) => format!("FAILED: {}", super::first_line(&format!("{e:#}"))),
                 },
             ]);
         }
         let head = ["host", "sent", "time", "result"].map(String::from);
-        let mut width = [0usize; 3];
-        for r in std::iter::once(&head).chain(&rows) {
-            for (w, c) in width.iter_mut().zip(r) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-        let mut out = String::new();
-        for r in std::iter::once(&head).chain(&rows) {
-            for (w, c) in width.iter().zip(r) {
-                out.push_str(&format!("{c:<w$}  ", w = *w));
-            }
-            out.push_str(&r[3]);
-            out.push('\n');
-        }
+        let mut out = super::columns(&head, &rows);
         let ok = self.servers.iter().filter(|s| s.result.is_ok()).count();
         out.push_str(&format!(
             "{image}: into the hub once, on {ok} of {} servers from there, in {:.1} s\n",

@@ -130,20 +130,7 @@ impl FanoutReport {
             })
             .collect();
         let head = ["host", "engine", "sent", "time", "result"].map(String::from);
-        let mut width = [0usize; 4];
-        for r in std::iter::once(&head).chain(&rows) {
-            for (w, c) in width.iter_mut().zip(r) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-        let mut out = String::new();
-        for r in std::iter::once(&head).chain(&rows) {
-            for (w, c) in width.iter().zip(r) {
-                out.push_str(&format!("{c:<w$}  ", w = *w));
-            }
-            out.push_str(&r[4]);
-            out.push('\n');
-        }
+        let mut out = columns(&head, &rows);
         let ok = self.hosts.iter().filter(|h| h.result.is_ok()).count();
         out.push_str(&format!(
             "{image}: on {ok} of {} hosts in {:.1} s; layers read and compressed once: {} ({}) for {} sends\n",
@@ -177,6 +164,25 @@ impl FanoutReport {
         }
         .into())
     }
+}
+
+/// `head` and `rows` in aligned columns, the last one left ragged.
+fn columns<const N: usize>(head: &[String; N], rows: &[[String; N]]) -> String {
+    let mut width = [0usize; N];
+    for r in std::iter::once(head).chain(rows) {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in std::iter::once(head).chain(rows) {
+        for (w, c) in width[..N - 1].iter().zip(r) {
+            out.push_str(&format!("{c:<w$}  ", w = *w));
+        }
+        out.push_str(&r[N - 1]);
+        out.push('\n');
+    }
+    out
 }
 
 fn first_line(s: &str) -> &str {

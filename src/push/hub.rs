@@ -24,32 +24,23 @@ pub(super) async fn drive_hub(
 ) -> Result<(Reported, Option<SendStats>)> {
     let mux = session.mux.clone();
     // The hub's credentials for this push come first.
-    let creds = loop {
-        match session.next().await {
-            Some(Event::Control(b)) => match Message::from_bytes(&b) {
-                Ok(Message::Hub { username, password }) => {
-                    break Credentials { username, password }
-                }
-                Ok(Message::Outcome {
-                    ok,
-                    message,
-                    refused,
-                    image_id,
-                    far,
-                }) => {
-                    outcome(ok, message, refused, image_id, far)?;
-                    bail!(PeerError::FarFailure(
-                        "the hub ended the session before the push".into()
-                    ));
-                }
-                Ok(other) => bail!(PeerError::FarFailure(format!(
-                    "unexpected message {other:?}"
-                ))),
-                Err(e) => bail!(PeerError::lost(format!("unreadable control message: {e}"))),
-            },
-            Some(Event::Open(s)) => mux.reject(s, "unexpected stream").await,
-            None => bail!(PeerError::lost(session.end().await)),
+    let creds = match next_message(session).await? {
+        Message::Hub { username, password } => Credentials { username, password },
+        Message::Outcome {
+            ok,
+            message,
+            refused,
+            image_id,
+            far,
+        } => {
+            outcome(ok, message, refused, image_id, far)?;
+            bail!(PeerError::FarFailure(
+                "the hub ended the session before the push".into()
+            ));
         }
+        other => bail!(PeerError::FarFailure(format!(
+            "unexpected message {other:?}"
+        ))),
     };
     // Only this engine's push gets through: the hub's gate wants the
     // credentials, which only the engine is given.
@@ -74,24 +65,30 @@ pub(super) async fn drive_hub(
     };
     drop(relay);
     mux.control(Message::Pushed { manifest }.to_bytes()).await;
+    match next_message(session).await? {
+        Message::Outcome {
+            ok,
+            message,
+            refused,
+            image_id,
+            far,
+        } => outcome(ok, message, refused, image_id, far).map(|r| (r, None)),
+        other => bail!(PeerError::FarFailure(format!(
+            "unexpected message {other:?}"
+        ))),
+    }
+}
+
+/// The hub's next control message (it opens no streams here).
+async fn next_message(session: &mut Session) -> Result<Message> {
     loop {
         match session.next().await {
-            Some(Event::Control(b)) => match Message::from_bytes(&b) {
-                Ok(Message::Outcome {
-                    ok,
-                    message,
-                    refused,
-                    image_id,
-                    far,
-                }) => {
-                    return outcome(ok, message, refused, image_id, far).map(|r| (r, None));
-                }
-                Ok(other) => bail!(PeerError::FarFailure(format!(
-                    "unexpected message {other:?}"
-                ))),
-                Err(e) => bail!(PeerError::lost(format!("unreadable control message: {e}"))),
-            },
-            Some(Event::Open(s)) => mux.reject(s, "unexpected stream").await,
+            Some(Event::Control(b)) => {
+                return Message::from_bytes(&b).map_err(|e| {
+                    PeerError::lost(format!("unreadable control message: {e}")).into()
+                })
+            }
+            Some(Event::Open(s)) => session.mux.reject(s, "unexpected stream").await,
             None => bail!(PeerError::lost(session.end().await)),
         }
     }
