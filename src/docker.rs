@@ -120,6 +120,18 @@ impl Daemon {
         }
     }
 
+    /// Remove the image `id`, one dos made. One already gone is fine.
+    pub async fn remove_image(&self, id: &str) -> Result<()> {
+        let opts = RemoveImageOptionsBuilder::default().force(true).build();
+        match self.api.remove_image(id, Some(opts), None).await {
+            Ok(_) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing image {id}")),
+        }
+    }
+
     /// Remove every tag and digest reference under `repo_prefix` (e.g.
     /// `127.0.0.1:41234/`, a registry this process started): the traces a
     /// registry round trip leaves. Found by listing, not by inspecting the

@@ -62,9 +62,23 @@ fn far(e: &Env, kind: Kind) -> End {
     }
 }
 
-/// `dos push [FLAGS] IMAGE ssh remote env DOCKER_HOST=… dos pull IMAGE`.
-fn push(e: &Env, src: &End, dst: &End, flags: &[&str], image: &str) -> std::process::Output {
-    let pull = format!("env DOCKER_HOST={} dos pull {image}", dst.host);
+/// `dos push [FLAGS] IMAGE ssh remote env DOCKER_HOST=… dos pull IMAGE`,
+/// the far dos logging at `far_log` (if not empty; its log comes back on
+/// ssh's stderr).
+fn push(
+    e: &Env,
+    src: &End,
+    dst: &End,
+    flags: &[&str],
+    image: &str,
+    far_log: &str,
+) -> std::process::Output {
+    let log = if far_log.is_empty() {
+        String::new()
+    } else {
+        format!(" DOS_LOG={far_log}")
+    };
+    let pull = format!("env DOCKER_HOST={}{log} dos pull {image}", dst.host);
     let mut args = vec!["push"];
     args.extend_from_slice(flags);
     args.extend([image, "ssh", "-F", &e.ssh_config, "remote", &pull]);
@@ -203,6 +217,31 @@ fn build(host: &str, base: &str, app: &str, seed: u64, app_bytes: usize, text: &
     docker_build(host, app, d);
 }
 
+/// `base`: busybox and `base_bytes` of random data in one layer; `app` on
+/// it: a text file. Built on the source engine itself.
+fn build_sized(host: &str, base: &str, app: &str, seed: u64, base_bytes: usize, text: &str) {
+    let e = env().expect("environment");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::copy(&e.busybox, d.join("busybox")).unwrap();
+    std::fs::write(d.join("base.bin"), pseudo_random(seed, base_bytes)).unwrap();
+    std::fs::write(d.join("app.txt"), text).unwrap();
+    std::fs::write(
+        d.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY base.bin /base.bin\n",
+    )
+    .unwrap();
+    docker_build(host, base, d);
+    std::fs::write(
+        d.join("Dockerfile"),
+        format!(
+            "FROM {base}\nCOPY app.txt /app.txt\nCMD [\"/bin/busybox\", \"cat\", \"/app.txt\"]\n"
+        ),
+    )
+    .unwrap();
+    docker_build(host, app, d);
+}
+
 /// `image`: busybox, the same file copied twice (two identical layers, one
 /// diffID twice), then a text file. Built by the classic store's builder
 /// (BuildKit leaves out a step that changes nothing) and, for another
@@ -251,7 +290,19 @@ fn changed_zstd(seed: u64, app_bytes: usize) -> u64 {
 /// One transfer, and everything checked about it. Returns the bytes sent
 /// and the pusher's log.
 fn transfer(e: &Env, src: &End, dst: &End, image: &str, text: &str) -> (u64, String) {
-    let out = push(e, src, dst, &[], image);
+    transfer_logged(e, src, dst, image, text, "")
+}
+
+/// [`transfer`], the far dos logging at `far_log`.
+fn transfer_logged(
+    e: &Env,
+    src: &End,
+    dst: &End,
+    image: &str,
+    text: &str,
+    far_log: &str,
+) -> (u64, String) {
+    let out = push(e, src, dst, &[], image, far_log);
     let log = stderr(&out);
     assert!(
         out.status.success(),
@@ -368,6 +419,36 @@ fn cell_with(
         repeated <= bound,
         "an image repeating a layer sent {repeated} bytes; the layer once and busybox are under {bound}"
     );
+
+    // Big: the bottom layers, past the segment size, load as an image of
+    // dos's while the top one arrives; that image is gone afterwards.
+    let (big_base, big) = (format!("{name}-bigbase:1"), format!("{name}-big:1"));
+    build_sized(&src.host, &big_base, &big, seed + 4, 17 << 20, "big\n");
+    // Where the layers are read by docker save they come in its order, not
+    // bottom first, and there is no run to load early: the cells that read
+    // that way on purpose (`vars`), and a containerd store to podman while
+    // podman holds a layer (its load needs the held layers' lengths, which
+    // the content store doesn't give).
+    let bottom_first =
+        vars.is_empty() && !(src_kind == Kind::Containerd && far_kind == Kind::Podman);
+    let (_, log) = transfer_logged(e, &src, &dst, &big, "big\n", "dos::delta=debug");
+    let early = log.contains("the engine applies layers 1 to 2 of 3 while the rest arrive");
+    assert_eq!(
+        early, bottom_first,
+        "the bottom layers loaded first: {early}, expected {bottom_first}: {log}"
+    );
+    assert_no_partial_images(&dst.host, &identity(&src.host, &big).0);
+}
+
+/// No image of a segmented load of the image with `config` is left on
+/// the engine (the cells share the engines: another's may be at work).
+fn assert_no_partial_images(host: &str, config: &str) {
+    let label = format!("label=dos.partial={config}");
+    let left = docker(host, &["image", "ls", "-a", "-q", "--filter", &label]);
+    assert!(
+        left.trim().is_empty(),
+        "partial images left on {host}: {left}"
+    );
 }
 
 #[test]
@@ -447,7 +528,7 @@ fn relay(src_kind: Kind, far_kind: Kind) {
     let (base, v1) = (format!("{name}-base:1"), format!("{name}:1"));
     build(&src.host, &base, &v1, fresh_seed(), 64 * 1024, "relayed\n");
     copy_image(&src.host, &dst.host, &base);
-    let out = push(e, &src, &dst, &["--via", "registry"], &v1);
+    let out = push(e, &src, &dst, &["--via", "registry"], &v1, "");
     let log = stderr(&out);
     assert!(out.status.success(), "dos push --via registry {v1}: {log}");
     assert!(log.contains("via registry"), "{log}");

@@ -346,15 +346,9 @@ impl Engine {
     /// Remove an image dos made (an incomplete load). A failure is logged:
     /// the caller is already reporting a worse one.
     pub async fn remove_image(&self, id: &str) {
-        let opts = bollard::query_parameters::RemoveImageOptionsBuilder::default()
-            .force(true)
-            .build();
-        match self.daemon.api.remove_image(id, Some(opts), None).await {
-            Ok(_) => tracing::info!("dos: removed the incomplete image {id}"),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {}
-            Err(e) => tracing::warn!("dos: could not remove the incomplete image {id}: {e}"),
+        match self.daemon.remove_image(id).await {
+            Ok(()) => tracing::info!("dos: removed the incomplete image {id}"),
+            Err(e) => tracing::warn!("dos: could not remove the incomplete image {id}: {e:#}"),
         }
     }
 

@@ -207,7 +207,7 @@ pub(super) async fn via_delta(
         let _ = t.await;
     }
     // A sender that tells (a `dos send`) says why its stream broke off.
-    let manifest = match received {
+    let received = match received {
         Err(e) if tells => match senders_last_word(session).await {
             Some(word) => return Err(word),
             None => return Err(e),
@@ -217,9 +217,11 @@ pub(super) async fn via_delta(
     // Trust the engine's word, not ours: the loaded image must be the one
     // offered, and whole (an incomplete one is removed).
     let loaded = engine
-        .verify(manifest.as_deref(), config, &plan.diff_ids)
+        .verify(received.manifest.as_deref(), config, &plan.diff_ids)
         .await
-        .context("checking the image the engine loaded")?;
+        .context("checking the image the engine loaded");
+    received.partials.remove().await;
+    let loaded = loaded?;
     plan.clean_spool();
     Ok((loaded, have))
 }

@@ -42,14 +42,14 @@ pub(super) fn named_blob(
     })
 }
 
-/// The files after the layers of a `docker save` archive.
-pub(super) fn docker_archive(plan: &ReceivePlan, config: Vec<u8>) -> Result<Files> {
-    let hex = plan.image_id.trim_start_matches("sha256:");
-    let config_name = format!("{hex}.json");
+/// The files after the layers of a `docker save` archive of the image
+/// with `config` (whose digest is `id`) over `diff_ids`.
+pub(super) fn docker_archive(id: &str, diff_ids: &[String], config: Vec<u8>) -> Result<Files> {
+    let config_name = format!("{}.json", id.trim_start_matches("sha256:"));
     let manifest = serde_json::to_vec(&serde_json::json!([{
         "Config": config_name,
         "RepoTags": null,
-        "Layers": plan.diff_ids.iter()
+        "Layers": diff_ids.iter()
             .map(|d| format!("{}/layer.tar", d.trim_start_matches("sha256:")))
             .collect::<Vec<_>>(),
     }]))?;
@@ -59,32 +59,53 @@ pub(super) fn docker_archive(plan: &ReceivePlan, config: Vec<u8>) -> Result<File
     ])
 }
 
-/// The files after the layers of an OCI layout, and its manifest's digest.
-/// The manifest is the source's own where the engine names images by
-/// their manifest and every layer is under the descriptor the source's
-/// manifest gives it; else dos writes one (the form a full `docker load`
-/// gives, see [`oci`]).
+/// The descriptor the far engine will hold layer `i` under, once it is
+/// loaded: the one it holds a held layer under, the source's blob's, or
+/// a plain tar's of the length received or told. None while a held
+/// layer's length is not told yet.
+pub(super) fn descriptor(
+    plan: &ReceivePlan,
+    i: usize,
+    lens: &HashMap<String, u64>,
+    as_blobs: &HashMap<String, usize>,
+) -> Option<Descriptor> {
+    let d = &plan.diff_ids[i];
+    let held = plan.blobs.get(i).filter(|_| i < plan.have).cloned();
+    let blob = || {
+        as_blobs
+            .get(d)
+            .and_then(|&j| plan.source.as_ref()?.blob(j))
+            .cloned()
+    };
+    held.or_else(blob)
+        .or_else(|| lens.get(d).map(|&len| Descriptor::layer_tar(d, len)))
+}
+
+/// The files after the layers of an OCI layout of the image with `config`
+/// over the first `upto` layers, and its manifest's digest. The manifest
+/// is the source's own where the engine names images by their manifest,
+/// the image is the whole one (`whole`) and every layer is under the
+/// descriptor the source's manifest gives it; else dos writes one (the
+/// form a full `docker load` gives, see [`oci`]).
 pub(super) fn oci_layout(
     plan: &ReceivePlan,
+    (upto, whole): (usize, bool),
     config: Vec<u8>,
     lens: &HashMap<String, u64>,
     as_blobs: &HashMap<String, usize>,
 ) -> Result<(Files, String)> {
     let src = plan.source.as_ref();
-    let mut layers = Vec::with_capacity(plan.diff_ids.len());
-    for (i, d) in plan.diff_ids.iter().enumerate() {
-        let held = plan.blobs.get(i).filter(|_| i < plan.have).cloned();
-        let blob = as_blobs.get(d).and_then(|&j| src?.blob(j)).cloned();
-        let desc = match (held, blob, lens.get(d)) {
-            (Some(b), _, _) => b,
-            (None, Some(b), _) => b,
-            (None, None, Some(&len)) => Descriptor::layer_tar(d, len),
-            (None, None, None) => bail!("the pusher did not say how long held layer {d} is"),
+    let mut layers = Vec::with_capacity(upto);
+    for (i, d) in plan.diff_ids[..upto].iter().enumerate() {
+        let Some(desc) = descriptor(plan, i, lens, as_blobs) else {
+            bail!("the pusher did not say how long held layer {d} is");
         };
         layers.push(desc);
     }
     let theirs = src.filter(|s| {
-        plan.keep_manifest
+        whole
+            && plan.keep_manifest
+            && s.parsed.layers.len() == layers.len()
             && s.parsed.config.size == config.len() as u64
             && s.parsed
                 .layers

@@ -16,6 +16,7 @@ use crate::tarstream;
 
 use super::archive::layer_entry;
 use super::plan::{ReceivePlan, CHUNK};
+use super::segments::Loads;
 
 pub(super) fn check_wanted(
     expected: &HashSet<String>,
@@ -100,18 +101,13 @@ impl Check {
 /// One layer into the archive: its first `offset` bytes from the spool (the
 /// pusher resumes there), the rest from the stream, all of it checked
 /// ([`Check`]) before the archive goes on.
-pub(super) async fn layer<R, F, Fut>(
+pub(super) async fn layer<R: AsyncRead + Unpin>(
     dec: &mut R,
-    send: &F,
+    out: &mut Loads,
     plan: &mut ReceivePlan,
     keep: &HashSet<String>,
     a: Arriving<'_>,
-) -> Result<()>
-where
-    R: AsyncRead + Unpin,
-    F: Fn(Bytes) -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
-{
+) -> Result<()> {
     let (name, len, offset) = (a.name, a.len, a.offset);
     let mut entry = if offset > 0 {
         let e = plan.held.remove(name).filter(|e| e.held() >= offset);
@@ -132,7 +128,7 @@ where
             None => plan.spool.as_ref().and_then(|s| s.create(name, len, keep)),
         }
     };
-    send(Bytes::copy_from_slice(&tarstream::file_header(
+    out.send(Bytes::copy_from_slice(&tarstream::file_header(
         &layer_entry(plan.layout, a.diff_id, a.name),
         len,
     )?))
@@ -152,7 +148,7 @@ where
             buf.truncate(n);
             failed = failed.or(check.update(&buf).err());
             pos += n as u64;
-            send(Bytes::from(buf)).await?;
+            out.send(Bytes::from(buf)).await?;
         }
         e.truncate(offset);
     }
@@ -179,7 +175,7 @@ where
         if let Some(e) = entry.as_mut() {
             e.append(&buf);
         }
-        send(Bytes::from(buf)).await?;
+        out.send(Bytes::from(buf)).await?;
     }
     if let Err(why) = failed.map_or_else(|| check.finish(&a), Err) {
         if let Some(e) = entry {
@@ -191,7 +187,7 @@ where
         };
         bail!("integrity: {what} {why}; nothing was loaded");
     }
-    send(Bytes::from(tarstream::pad_for(len))).await?;
+    out.send(Bytes::from(tarstream::pad_for(len))).await?;
     // Not fsynced: the spool outlives a dead link, not a crashed machine, and
     // whatever a crash leaves is re-hashed before it is used.
     if let Some(e) = entry.filter(Entry::usable) {

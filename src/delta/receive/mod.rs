@@ -16,54 +16,81 @@
 //! layer's true prefix fails the check and is deleted.
 
 use std::collections::{HashMap, HashSet};
-use std::io;
 
 use anyhow::{anyhow, bail, Context, Result};
 use async_compression::tokio::bufread::ZstdDecoder;
 use async_compression::zstd::DParameter;
-use bytes::Bytes;
 use tokio::io::{AsyncRead, BufReader};
-use tokio::sync::mpsc;
 
 use super::adaptive::WINDOW_LOG;
 use super::records::{self, Record};
 use crate::docker::Daemon;
-use crate::engine::Layout;
-use crate::tarstream;
+use crate::engine::{oci, Layout};
 
 mod archive;
 mod layer;
 mod plan;
+mod segments;
 
-use archive::{docker_archive, named_blob, oci_layout};
+use archive::{descriptor, docker_archive, named_blob, oci_layout};
 use layer::{check_wanted, layer, Arriving};
 pub use plan::{ReceivePlan, SourceManifest};
+use segments::{partial_config, Loads};
+pub use segments::{Partials, PARTIAL_LABEL};
 
-/// Receive the stream and load it. Returns the digest of the manifest
-/// written (OCI layout only).
+/// What a receive loaded.
+pub struct Received {
+    /// The digest of the manifest written (OCI layout only).
+    pub manifest: Option<String>,
+    /// The images of the segments loaded first: for the caller to remove
+    /// once it has checked the image.
+    pub partials: Partials,
+}
+
+/// Receive the stream and load it ([`segments`]). On failure, whatever
+/// the loads made is removed.
 pub async fn receive<R: AsyncRead + Unpin>(
     daemon: &Daemon,
     input: R,
     plan: &mut ReceivePlan,
-) -> Result<Option<String>> {
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
-    let load = tokio::spawn(load(daemon.clone(), rx));
-    let fed = feed(input, plan, &tx).await;
-    if let Err(e) = &fed {
-        // Make the load fail rather than finish on a partial archive.
-        let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+) -> Result<Received> {
+    let mut loads = Loads::into(daemon);
+    let fed = feed(input, plan, &mut loads).await;
+    let done = match fed {
+        Ok(manifest) => loads.applied().await.map(|()| manifest),
+        Err(e) => {
+            loads.abort(&e).await;
+            Err(e)
+        }
+    };
+    match done {
+        Ok(manifest) => Ok(Received {
+            manifest,
+            partials: loads.partials,
+        }),
+        Err(e) => {
+            loads.partials.remove().await;
+            Err(e)
+        }
     }
-    drop(tx);
-    let loaded = load.await.map_err(|e| anyhow!("docker load task: {e}"))?;
-    let manifest = fed?;
-    loaded?;
-    Ok(manifest)
+}
+
+/// What has arrived so far.
+#[derive(Default)]
+struct Arrived {
+    layers: HashSet<String>,
+    /// Layers that arrived as the source's blobs: diffID → layer index.
+    as_blobs: HashMap<String, usize>,
+    config: Option<Vec<u8>>,
+    /// Tar lengths: of the layers received, and of held ones as the pusher
+    /// reports them.
+    lens: HashMap<String, u64>,
 }
 
 async fn feed<R: AsyncRead + Unpin>(
     input: R,
     plan: &mut ReceivePlan,
-    tx: &mpsc::Sender<io::Result<Bytes>>,
+    out: &mut Loads,
 ) -> Result<Option<String>> {
     let params = [DParameter::window_log_max(WINDOW_LOG)];
     let mut dec = ZstdDecoder::with_params(BufReader::new(input), &params);
@@ -78,45 +105,33 @@ async fn feed<R: AsyncRead + Unpin>(
             (plan.have..plan.diff_ids.len()).filter_map(|i| src.blob(i).map(|b| b.digest.clone())),
         );
     }
-    let mut got: HashSet<String> = HashSet::new();
-    // Layers that arrived as the source's blobs: diffID → layer index.
-    let mut as_blobs: HashMap<String, usize> = HashMap::new();
-    let mut config: Option<Vec<u8>> = None;
-    // Tar lengths: of the layers received, and of held ones as the pusher
-    // reports them.
-    let mut lens: HashMap<String, u64> = HashMap::new();
-    let send = |b: Bytes| async move {
-        tx.send(Ok(b))
-            .await
-            .map_err(|_| anyhow!("docker load stopped reading"))
-    };
+    let mut got = Arrived::default();
     loop {
-        match records::read_header(&mut dec)
+        let (diff_id, len) = match records::read_header(&mut dec)
             .await
             .context("reading the delta stream")?
         {
             Record::Config { len } => {
-                config = Some(records::read_config(&mut dec, len, &plan.image_id).await?);
+                got.config = Some(records::read_config(&mut dec, len, &plan.image_id).await?);
+                continue;
             }
             Record::Layer { diff_id, len } => {
-                check_wanted(&expected, &got, &diff_id)?;
+                check_wanted(&expected, &got.layers, &diff_id)?;
                 let a = Arriving::tar(&diff_id, len, 0);
-                layer(&mut dec, &send, plan, &keep, a).await?;
-                plan.tell_verified(&diff_id);
-                lens.insert(diff_id.clone(), len);
-                got.insert(diff_id);
+                layer(&mut dec, out, plan, &keep, a).await?;
+                got.lens.insert(diff_id.clone(), len);
+                (diff_id, len)
             }
             Record::Resume {
                 diff_id,
                 len,
                 offset,
             } => {
-                check_wanted(&expected, &got, &diff_id)?;
+                check_wanted(&expected, &got.layers, &diff_id)?;
                 let a = Arriving::tar(&diff_id, len, offset);
-                layer(&mut dec, &send, plan, &keep, a).await?;
-                plan.tell_verified(&diff_id);
-                lens.insert(diff_id.clone(), len);
-                got.insert(diff_id);
+                layer(&mut dec, out, plan, &keep, a).await?;
+                got.lens.insert(diff_id.clone(), len);
+                (diff_id, len)
             }
             Record::Blob {
                 diff_id,
@@ -124,7 +139,7 @@ async fn feed<R: AsyncRead + Unpin>(
                 len,
                 offset,
             } => {
-                check_wanted(&expected, &got, &diff_id)?;
+                check_wanted(&expected, &got.layers, &diff_id)?;
                 let (i, compression) = named_blob(plan, &diff_id, &blob, len).ok_or_else(|| {
                     anyhow!("the pusher sent layer {diff_id} as a blob {blob} of {len} bytes, which its manifest does not name")
                 })?;
@@ -135,48 +150,100 @@ async fn feed<R: AsyncRead + Unpin>(
                     offset,
                     unpack: Some(compression),
                 };
-                layer(&mut dec, &send, plan, &keep, a).await?;
-                plan.tell_verified(&diff_id);
-                as_blobs.insert(diff_id.clone(), i);
-                got.insert(diff_id);
+                layer(&mut dec, out, plan, &keep, a).await?;
+                got.as_blobs.insert(diff_id.clone(), i);
+                (diff_id, len)
             }
             Record::Sizes { count } => {
                 let held = &plan.diff_ids[..plan.have];
                 for (d, len) in records::read_sizes(&mut dec, count).await? {
                     if held.contains(&d) {
-                        lens.entry(d).or_insert(len);
+                        got.lens.entry(d).or_insert(len);
                     }
                 }
+                continue;
             }
             Record::End => break,
+        };
+        plan.tell_verified(&diff_id);
+        got.layers.insert(diff_id);
+        out.layer_sent(len);
+        if out.full() {
+            close_early(plan, &got, out).await?;
         }
     }
-    let missing: Vec<&String> = expected.iter().filter(|d| !got.contains(*d)).collect();
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|d| !got.layers.contains(*d))
+        .collect();
     if !missing.is_empty() {
         bail!("the stream ended without layers {missing:?}");
     }
-    let config = config.ok_or_else(|| anyhow!("the stream ended without the image config"))?;
+    let config = got
+        .config
+        .take()
+        .ok_or_else(|| anyhow!("the stream ended without the image config"))?;
+    let n = plan.diff_ids.len();
     let (files, manifest) = match plan.layout {
-        Layout::DockerArchive => (docker_archive(plan, config)?, None),
+        Layout::DockerArchive => (
+            docker_archive(&plan.image_id, &plan.diff_ids, config)?,
+            None,
+        ),
         Layout::Oci => {
-            let (files, digest) = oci_layout(plan, config, &lens, &as_blobs)?;
+            let (files, digest) = oci_layout(plan, (n, true), config, &got.lens, &got.as_blobs)?;
             (files, Some(digest))
         }
     };
-    for (name, body) in files {
-        for chunk in tarstream::file_chunks(&name, body)? {
-            send(chunk).await?;
-        }
-    }
-    send(Bytes::copy_from_slice(&tarstream::trailer())).await?;
+    out.close(files, None).await?;
     Ok(manifest)
 }
 
-/// `docker load` from a stream of archive chunks.
-async fn load(daemon: Daemon, rx: mpsc::Receiver<io::Result<Bytes>>) -> Result<()> {
-    let body =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
-    daemon.load(body).await
+/// Close the open segment as an image of the layers from the bottom up to
+/// the last one received, if it can be: the layers received are such a
+/// run, more are to come, the config is here (for the platform), and the
+/// engine's descriptor of every layer in it is known.
+async fn close_early(plan: &ReceivePlan, got: &Arrived, out: &mut Loads) -> Result<()> {
+    let n = plan.diff_ids.len();
+    let upto = plan.have
+        + plan.diff_ids[plan.have..]
+            .iter()
+            .take_while(|d| got.layers.contains(*d))
+            .count();
+    let Some(config) = &got.config else {
+        return Ok(());
+    };
+    // Every layer received is in the run (a layer may repeat in it).
+    let run: HashSet<&String> = plan.diff_ids[plan.have..upto].iter().collect();
+    if upto >= n || got.layers.len() != run.len() {
+        return Ok(());
+    }
+    if plan.layout == Layout::Oci
+        && (0..upto).any(|i| descriptor(plan, i, &got.lens, &got.as_blobs).is_none())
+    {
+        return Ok(());
+    }
+    let partial = partial_config(config, &plan.image_id, &plan.diff_ids[..upto])?;
+    let config_id = oci::sha256(&partial);
+    let (files, id) = match plan.layout {
+        Layout::DockerArchive => (
+            docker_archive(&config_id, &plan.diff_ids[..upto], partial)?,
+            config_id,
+        ),
+        Layout::Oci => {
+            let (files, digest) =
+                oci_layout(plan, (upto, false), partial, &got.lens, &got.as_blobs)?;
+            (
+                files,
+                if plan.keep_manifest {
+                    digest
+                } else {
+                    config_id
+                },
+            )
+        }
+    };
+    tracing::debug!("the engine applies layers 1 to {upto} of {n} while the rest arrive ({id})");
+    out.close(files, Some(id)).await
 }
 
 #[cfg(test)]
@@ -185,6 +252,7 @@ mod tests {
     use crate::engine::oci::{self, Descriptor, Manifest};
     use crate::tarstream::TarReader;
     use std::io::Write;
+    use std::sync::{Arc, Mutex};
 
     fn gzip(b: &[u8]) -> Vec<u8> {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -247,24 +315,47 @@ mod tests {
         (plan, wire, oci::sha256(manifest.as_bytes()))
     }
 
+    /// Loads that collect each segment's archive, closing segments past
+    /// `segment` bytes.
+    fn collecting(segment: u64) -> (Loads, Arc<Mutex<Vec<Vec<u8>>>>) {
+        let archives = Arc::new(Mutex::new(Vec::new()));
+        let a = archives.clone();
+        let start: segments::Start = Box::new(move |mut rx| {
+            let a = a.clone();
+            tokio::spawn(async move {
+                let mut archive = Vec::new();
+                while let Some(chunk) = rx.recv().await {
+                    archive.extend_from_slice(&chunk?);
+                }
+                a.lock().unwrap().push(archive);
+                Ok(())
+            })
+        });
+        (Loads::new(start, Partials::default(), segment), archives)
+    }
+
+    /// The file names and contents of an archive.
+    async fn files(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut r = TarReader::new(archive);
+        while let Some(e) = r.next().await.unwrap() {
+            let body = r.read_all(1 << 20).await.unwrap();
+            out.push((e.path.clone(), body));
+        }
+        out
+    }
+
     /// Feed the stream; the archive's file names, or the error.
     async fn feed_all(
         plan: &mut ReceivePlan,
         wire: &[u8],
     ) -> Result<(Option<String>, Vec<String>)> {
-        let (tx, mut rx) = mpsc::channel(1024);
-        let fed = feed(wire, plan, &tx).await;
-        drop(tx);
-        let mut archive = Vec::new();
-        while let Some(Ok(b)) = rx.recv().await {
-            archive.extend_from_slice(&b);
-        }
-        let manifest = fed?;
-        let mut names = Vec::new();
-        let mut r = TarReader::new(&archive[..]);
-        while let Some(e) = r.next().await.unwrap() {
-            names.push(e.path.clone());
-        }
+        let (mut loads, archives) = collecting(segments::SEGMENT);
+        let manifest = feed(wire, plan, &mut loads).await?;
+        loads.applied().await?;
+        let archives = archives.lock().unwrap().clone();
+        assert_eq!(archives.len(), 1, "one segment");
+        let names = files(&archives[0]).await.into_iter().map(|f| f.0).collect();
         Ok((manifest, names))
     }
 
@@ -312,6 +403,91 @@ mod tests {
             e.contains("integrity") && e.contains("does not unpack"),
             "{e}"
         );
+    }
+
+    /// Three layers, each past the segment size: the first two load as
+    /// images of dos's (the bottom one, then the bottom two), each a
+    /// partial archive that names what is below it, and the last segment
+    /// carries the image's own config over all three.
+    #[tokio::test]
+    async fn layers_past_the_segment_size_load_in_segments() {
+        let layers: Vec<Vec<u8>> = (1..=3u8).map(|k| vec![k; 5000]).collect();
+        let diff_ids: Vec<String> = layers.iter().map(|l| oci::sha256(l)).collect();
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }))
+        .unwrap();
+        let image_id = oci::sha256(&config);
+        let mut raw = Vec::new();
+        records::write_config(&mut raw, &config).await.unwrap();
+        for (l, d) in layers.iter().zip(&diff_ids) {
+            records::write_layer_header(&mut raw, d, l.len() as u64)
+                .await
+                .unwrap();
+            raw.extend_from_slice(l);
+        }
+        records::write_end(&mut raw).await.unwrap();
+        let wire = zstd::stream::encode_all(&raw[..], 3).unwrap();
+        let mut plan = ReceivePlan {
+            verified: None,
+            image_id: image_id.clone(),
+            diff_ids: diff_ids.clone(),
+            have: 0,
+            spool: None,
+            held: HashMap::new(),
+            layout: Layout::DockerArchive,
+            blobs: Vec::new(),
+            source: None,
+            keep_manifest: false,
+        };
+        let (mut loads, archives) = collecting(4000);
+        feed(&wire[..], &mut plan, &mut loads).await.unwrap();
+        loads.applied().await.unwrap();
+        assert_eq!(loads.partials.count(), 2);
+        let archives = archives.lock().unwrap().clone();
+        assert_eq!(archives.len(), 3);
+        for (k, archive) in archives.iter().enumerate() {
+            let files = files(archive).await;
+            let names: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
+            // Each archive holds its own layer only.
+            let layer = format!("{}/layer.tar", &diff_ids[k][7..]);
+            assert_eq!(names.iter().filter(|n| n.ends_with("layer.tar")).count(), 1);
+            assert!(names.contains(&layer.as_str()), "{names:?}");
+            let manifest = &files.iter().find(|f| f.0 == "manifest.json").unwrap().1;
+            let m: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+            assert_eq!(m[0]["Layers"].as_array().unwrap().len(), k + 1);
+            let config_name = m[0]["Config"].as_str().unwrap();
+            let body = &files.iter().find(|f| f.0 == config_name).unwrap().1;
+            let id = format!("sha256:{}", config_name.trim_end_matches(".json"));
+            assert_eq!(id, oci::sha256(body));
+            let c: serde_json::Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(c["rootfs"]["diff_ids"], serde_json::json!(diff_ids[..=k]));
+            if k < 2 {
+                assert_eq!(c["config"]["Labels"][PARTIAL_LABEL], image_id.as_str());
+            } else {
+                assert_eq!(id, image_id);
+            }
+        }
+
+        // Out of order, no run from the bottom is complete until the end:
+        // one segment.
+        let mut raw = Vec::new();
+        records::write_config(&mut raw, &config).await.unwrap();
+        for k in [1, 0, 2] {
+            records::write_layer_header(&mut raw, &diff_ids[k], 5000)
+                .await
+                .unwrap();
+            raw.extend_from_slice(&layers[k]);
+        }
+        records::write_end(&mut raw).await.unwrap();
+        let wire = zstd::stream::encode_all(&raw[..], 3).unwrap();
+        let (mut loads, archives) = collecting(4000);
+        feed(&wire[..], &mut plan, &mut loads).await.unwrap();
+        loads.applied().await.unwrap();
+        // Layer 1 then 0: the run 0..2 is whole after the second.
+        assert_eq!(loads.partials.count(), 1);
+        assert_eq!(archives.lock().unwrap().len(), 2);
     }
 
     #[test]

@@ -176,6 +176,7 @@ where
             })?;
             o.lens.insert(layer.diff_id.clone(), len);
         }
+        o.send_sizes(plan).await?;
     }
     for layer in &store.layers()[plan.have..] {
         // A layer the image repeats (identical steps) crosses once.

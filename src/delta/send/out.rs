@@ -29,6 +29,8 @@ pub(super) struct Out<W: AsyncWrite + Unpin> {
     pub(super) stats: SendStats,
     /// Tar lengths of the layers seen, by diffID (for a sizes record).
     pub(super) lens: HashMap<String, u64>,
+    /// The sizes record went out already.
+    sizes_sent: bool,
 }
 
 impl<W: AsyncWrite + Unpin> Out<W> {
@@ -39,6 +41,7 @@ impl<W: AsyncWrite + Unpin> Out<W> {
             config_sent: false,
             stats: SendStats::default(),
             lens: HashMap::new(),
+            sizes_sent: false,
         })
     }
 
@@ -69,6 +72,7 @@ impl<W: AsyncWrite + Unpin> Out<W> {
             config_sent,
             stats,
             lens,
+            ..
         } = self;
 
         while let Some(entry) = tar.next().await.context("reading the image export")? {
@@ -153,6 +157,20 @@ impl<W: AsyncWrite + Unpin> Out<W> {
         Ok(())
     }
 
+    /// Each held layer's length, as far as it is known (the far side names
+    /// any it lacks in its error). Sent before the layers where they are
+    /// known before (so the far engine can load the bottom layers early,
+    /// [`crate::delta::receive`]), else at the end.
+    pub(super) async fn send_sizes(&mut self, plan: &SendPlan) -> Result<()> {
+        let sizes: Vec<(String, u64)> = plan.diff_ids[..plan.have]
+            .iter()
+            .filter_map(|d| self.lens.get(d).map(|&l| (d.clone(), l)))
+            .collect();
+        records::write_sizes(&mut self.enc, &sizes).await?;
+        self.sizes_sent = true;
+        Ok(())
+    }
+
     /// Check everything went in, and end the stream.
     pub(super) async fn finish(mut self, plan: &SendPlan) -> Result<SendStats> {
         for d in &plan.diff_ids[plan.have..] {
@@ -166,14 +184,8 @@ impl<W: AsyncWrite + Unpin> Out<W> {
         self.stats.layers_sent = self.sent.len();
         self.stats.layers_skipped = plan.have;
         self.stats.zstd_level = self.enc.level();
-        if plan.sizes {
-            // Each held layer's length, as far as the export showed it; the
-            // far side names any it lacks in its error.
-            let sizes: Vec<(String, u64)> = plan.diff_ids[..plan.have]
-                .iter()
-                .filter_map(|d| self.lens.get(d).map(|&l| (d.clone(), l)))
-                .collect();
-            records::write_sizes(&mut self.enc, &sizes).await?;
+        if plan.sizes && !self.sizes_sent {
+            self.send_sizes(plan).await?;
         }
         records::write_end(&mut self.enc).await?;
         self.enc
