@@ -17,15 +17,14 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::SeekFrom;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{watch, OnceCell};
 
 use super::adaptive::{AdaptiveZstd, START_LEVEL};
 
@@ -38,6 +37,8 @@ pub type Open = Pin<Box<dyn Future<Output = Result<Opened>> + Send>>;
 pub struct Shared {
     dir: tempfile::TempDir,
     layers: Mutex<HashMap<String, watch::Receiver<Progress>>>,
+    /// Layer lengths measured for the sessions (see [`Shared::measured`]).
+    lengths: Mutex<HashMap<String, Arc<OnceCell<u64>>>>,
     /// Layers compressed, their raw bytes, and layer copies sent.
     compressed: AtomicU64,
     raw: Arc<AtomicU64>,
@@ -75,8 +76,11 @@ pub struct Frame {
     pub len: u64,
 }
 
-/// Bytes read from the frame file at a time.
-const CHUNK: usize = 128 * 1024;
+/// Bytes read from the frame file at a time. Each read is a trip through
+/// tokio's blocking pool (a thread hand-off each way), made by every host
+/// for every chunk, so the chunks are large; memory stays one chunk per
+/// host.
+const CHUNK: usize = 1024 * 1024;
 
 impl Shared {
     pub fn new() -> Result<Arc<Shared>> {
@@ -87,6 +91,7 @@ impl Shared {
         Ok(Arc::new(Shared {
             dir,
             layers: Mutex::default(),
+            lengths: Mutex::default(),
             compressed: AtomicU64::new(0),
             raw: Arc::default(),
             sends: AtomicU64::new(0),
@@ -99,6 +104,25 @@ impl Shared {
             raw: self.raw.load(Ordering::Relaxed),
             sends: self.sends.load(Ordering::Relaxed),
         }
+    }
+
+    /// The length of layer `key`, measured by `measure` for the first
+    /// session that asks and handed to the rest: measuring a layer in the
+    /// store parses its whole tar-split record and looks at every file,
+    /// which every host's session would otherwise repeat. A failed measure
+    /// is not kept (each session then falls back on its own).
+    pub async fn measured<F>(&self, key: &str, measure: F) -> std::io::Result<u64>
+    where
+        F: Future<Output = std::io::Result<u64>>,
+    {
+        let cell = self
+            .lengths
+            .lock()
+            .unwrap()
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| measure).await.copied()
     }
 
     /// The frame of layer `key` (a diffID, or a blob digest), its
@@ -209,9 +233,9 @@ impl Frame {
         out: &mut W,
         read: &AtomicU64,
     ) -> Result<()> {
-        let mut file = tokio::fs::File::open(&self.path)
-            .await
+        let file = std::fs::File::open(&self.path)
             .with_context(|| format!("opening {}", self.path.display()))?;
+        let file = Arc::new(file);
         let mut buf = vec![0u8; CHUNK];
         let (mut pos, mut counted) = (0u64, 0u64);
         loop {
@@ -221,8 +245,7 @@ impl Frame {
             }
             if pos < p.written {
                 let want = (p.written - pos).min(CHUNK as u64) as usize;
-                file.seek(SeekFrom::Start(pos)).await?;
-                file.read_exact(&mut buf[..want])
+                buf = read_at(file.clone(), buf, want, pos)
                     .await
                     .context("reading a shared layer")?;
                 out.write_all(&buf[..want]).await?;
@@ -247,6 +270,21 @@ impl Frame {
             }
         }
     }
+}
+
+/// Fill `buf[..want]` from `file` at `pos`, in a blocking thread (one
+/// positioned read: no seek of a shared cursor).
+async fn read_at(
+    file: Arc<std::fs::File>,
+    mut buf: Vec<u8>,
+    want: usize,
+    pos: u64,
+) -> std::io::Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || {
+        std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf[..want], pos).map(|()| buf)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// The frame file, written in place and counted: a byte counted is in the
@@ -304,6 +342,33 @@ mod tests {
                 ))
             })
         }
+    }
+
+    /// Five sessions ask for a layer's length at once: it is measured once;
+    /// a failed measure is not kept.
+    #[tokio::test]
+    async fn a_layer_is_measured_once_for_every_session() {
+        let shared = Shared::new().unwrap();
+        let calls = AtomicU64::new(0);
+        let measure = || async {
+            calls.fetch_add(1, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+            Ok(42)
+        };
+        let lens =
+            futures_util::future::join_all((0..5).map(|_| shared.measured("sha256:aa", measure())))
+                .await;
+        assert!(lens.iter().all(|l| *l.as_ref().unwrap() == 42));
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+
+        let failed = shared
+            .measured("sha256:bb", async { Err(std::io::Error::other("gone")) })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(
+            shared.measured("sha256:bb", async { Ok(7) }).await.unwrap(),
+            7
+        );
     }
 
     /// Two sessions take the same layer: it is compressed once, and each

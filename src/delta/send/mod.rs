@@ -23,7 +23,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::records;
 use super::shared::Open;
-use super::store::LocalStore;
+use super::store::{Layer, LocalStore};
 use crate::capture::Captured;
 use crate::docker::{Daemon, DaemonError};
 
@@ -168,7 +168,7 @@ where
     let mut o = Out::with_config(out, "the daemon's layer store", store.config()).await?;
     if plan.sizes {
         for layer in &store.layers()[..plan.have] {
-            let len = layer.tar_len().await.with_context(|| {
+            let len = measure(plan, layer).await.with_context(|| {
                 format!(
                     "reading the length of layer {} in the daemon's store",
                     layer.diff_id
@@ -183,7 +183,7 @@ where
         if o.sent.contains(&layer.diff_id) {
             continue;
         }
-        let len = match layer.tar_len().await {
+        let len = match measure(plan, layer).await {
             Ok(len) => len,
             Err(e) => {
                 tracing::info!(
@@ -240,6 +240,14 @@ where
         o.sent.insert(layer.diff_id.clone());
     }
     o.finish(plan).await
+}
+
+/// A stored layer's length; measured once for all the hosts of a fan-out.
+async fn measure(plan: &SendPlan, layer: &Layer) -> std::io::Result<u64> {
+    match plan.shared.as_deref() {
+        Some(shared) => shared.measured(&layer.diff_id, layer.tar_len()).await,
+        None => layer.tar_len().await,
+    }
 }
 
 #[cfg(test)]
