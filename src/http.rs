@@ -12,6 +12,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::mux::{Mux, MuxStream};
+
 /// Response body used everywhere: any stream of bytes.
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -63,6 +65,18 @@ where
     {
         tracing::debug!("http connection ended: {e}");
     }
+}
+
+/// Serve one stream a peer opened on `mux` with `handler`: the peer's
+/// daemon reaching a registry (ours, the hub's) through the session.
+pub fn serve_stream<F, Fut>(mux: &Mux, stream: MuxStream, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let (near, far) = tokio::io::duplex(64 * 1024);
+    mux.attach(stream, near);
+    tokio::spawn(serve_io(far, handler));
 }
 
 /// Accept connections until `stop` is cancelled.

@@ -225,10 +225,8 @@ async fn take(
     loop {
         match session.next().await {
             Some(Event::Open(stream)) => {
-                let (near, far) = tokio::io::duplex(64 * 1024);
-                mux.attach(stream, near);
                 let f = forward.clone();
-                tokio::spawn(crate::http::serve_io(far, move |req| {
+                crate::http::serve_stream(&mux, stream, move |req| {
                     let f = f.clone();
                     async move {
                         // Deleting is the registry's own garbage collection.
@@ -241,7 +239,7 @@ async fn take(
                         }
                         f.handle(req).await
                     }
-                }));
+                });
             }
             Some(Event::Control(b)) => match Message::from_bytes(&b) {
                 Ok(Message::Pushed { manifest }) => {
@@ -321,10 +319,8 @@ async fn give(
     loop {
         match session.next().await {
             Some(Event::Open(stream)) => {
-                let (near, far) = tokio::io::duplex(64 * 1024);
-                mux.attach(stream, near);
                 let g = gate.clone();
-                tokio::spawn(crate::http::serve_io(far, move |req| g.clone().handle(req)));
+                crate::http::serve_stream(&mux, stream, move |req| g.clone().handle(req));
             }
             Some(Event::Control(b)) => match Message::from_bytes(&b) {
                 Ok(Message::Outcome { ok: true, .. }) => return Ok(None),

@@ -98,10 +98,8 @@ pub(super) async fn drive_registry(
     loop {
         match session.next().await {
             Some(Event::Open(stream)) => {
-                let (near, far) = tokio::io::duplex(64 * 1024);
-                mux.attach(stream, near);
                 let g = gate.clone();
-                tokio::spawn(crate::http::serve_io(far, move |req| g.clone().handle(req)));
+                crate::http::serve_stream(&mux, stream, move |req| g.clone().handle(req));
             }
             Some(Event::Control(bytes)) => match Message::from_bytes(&bytes) {
                 Ok(Message::Outcome {
