@@ -171,12 +171,14 @@ async fn compress(open: Open, path: PathBuf, tx: watch::Sender<Progress>, total:
         Ok(o) => o,
         Err(e) => return fail(e),
     };
-    total.fetch_add(len, Ordering::Relaxed);
-    tx.send_modify(|p| p.len = Some(len));
+    // The file exists before the length is told: a session told the length
+    // opens the file at once.
     let file = match std::fs::File::create(&path) {
         Ok(f) => f,
         Err(e) => return fail(anyhow!(e).context(format!("creating {}", path.display()))),
     };
+    total.fetch_add(len, Ordering::Relaxed);
+    tx.send_modify(|p| p.len = Some(len));
     // Written once for every host at a fixed level: no single link's pace
     // can steer it, and the level the adaptive stream starts at is what a
     // fast link settles near.
@@ -369,6 +371,30 @@ mod tests {
             shared.measured("sha256:bb", async { Ok(7) }).await.unwrap(),
             7
         );
+    }
+
+    /// A session told a layer's length opens its frame file at once, on
+    /// whichever thread it wakes: the file is there by then.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_frame_file_exists_once_the_length_is_told() {
+        for _ in 0..300 {
+            let shared = Shared::new().unwrap();
+            let s = shared.clone();
+            let waiting = tokio::spawn(async move {
+                let f = s.frame("sha256:aa", opener(vec![7u8; 1000])).await?;
+                let mut out = Vec::new();
+                f.copy_to(&mut out, &AtomicU64::new(0)).await?;
+                anyhow::Ok(out)
+            });
+            let f = shared
+                .frame("sha256:aa", opener(vec![7u8; 1000]))
+                .await
+                .unwrap();
+            f.copy_to(&mut Vec::new(), &AtomicU64::new(0))
+                .await
+                .unwrap();
+            waiting.await.unwrap().unwrap();
+        }
     }
 
     /// Two sessions take the same layer: it is compressed once, and each
